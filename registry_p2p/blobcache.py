@@ -1,0 +1,166 @@
+"""On-disk cache of sha256-verified blobs and their torrent info dictionaries.
+
+Layout under the cache root::
+
+    blobs/<2 hex>/<hex>        blob bytes; libtorrent seeds it from blobs/<2 hex>
+    blobs/<2 hex>/<hex>.info   bencoded info dictionary of the blob's torrent
+    tmp/                       files being written; emptied at start
+    locks/<hex>.lock           serializes fills of one blob across processes
+
+A blob appears under ``blobs/`` only by a rename after its size and sha256
+matched, and its ``.info`` is renamed into place after it, so a reader that
+sees the ``.info`` file sees a complete, verified blob.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from registry_p2p import torrent
+from registry_p2p.bencode import bdecode, bencode
+from registry_p2p.errors import DigestMismatch, StorageError
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class BlobCache:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        self.locks_dir = self.root / "locks"
+        for directory in (self.blobs_dir, self.tmp_dir, self.locks_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def remove_leftovers(self):
+        """Delete temporary files and blobs without ``.info``, left by a crash.
+
+        Call once at process start, before any fill can be running.
+        """
+        for leftover in self.tmp_dir.iterdir():
+            log.info("removing leftover temporary file %s", leftover)
+            _unlink(leftover)
+
+        for data in self.blobs_dir.glob("*/*"):
+            if data.suffix == "" and not data.with_suffix(".info").exists():
+                log.info("removing blob %s that has no info file", data.name)
+                _unlink(data)
+
+    def save_path(self, hex_digest):
+        """Directory that libtorrent seeds the blob from (the file's name is the hex digest)."""
+        return self.blobs_dir / hex_digest[:2]
+
+    def data_path(self, hex_digest):
+        return self.save_path(hex_digest) / hex_digest
+
+    def info_path(self, hex_digest):
+        return self.save_path(hex_digest) / f"{hex_digest}.info"
+
+    def load_info(self, hex_digest):
+        """Return the info dictionary (bytes keys) of a cached blob, or None."""
+        try:
+            return bdecode(self.info_path(hex_digest).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def cached_digests(self):
+        """Yield the hex digest of every complete blob in the cache."""
+        for info in self.blobs_dir.glob("*/*.info"):
+            if self.data_path(info.stem).exists():
+                yield info.stem
+
+    @contextlib.contextmanager
+    def lock(self, hex_digest):
+        """Hold an exclusive lock on one blob, shared by every process using this cache."""
+        with open(self.locks_dir / f"{hex_digest}.lock", "wb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def fill(self, hex_digest, expected_size, stream):
+        """Copy a blob from ``stream`` into the cache and return its info dictionary.
+
+        The bytes are hashed (sha256 and torrent pieces) while written to a
+        temporary file. A size or digest mismatch raises DigestMismatch, a
+        read or write failure StorageError; either way nothing stays in the
+        cache. Returns the info dictionary with str keys.
+        """
+        hasher = torrent.BlobHasher(expected_size)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{hex_digest}.", dir=self.tmp_dir)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _copy(stream, out, hasher, expected_size, hex_digest)
+                out.flush()
+                os.fsync(out.fileno())
+
+            if hasher.received != expected_size:
+                raise DigestMismatch(f"blob sha256:{hex_digest}: read {hasher.received} "
+                                     f"bytes, expected {expected_size}")
+            if hasher.sha256.hexdigest() != hex_digest:
+                raise DigestMismatch(f"blob sha256:{hex_digest}: content hashes to "
+                                     f"sha256:{hasher.sha256.hexdigest()}")
+
+            info = torrent.build_info(hex_digest, expected_size, hasher.pieces())
+            self.commit(hex_digest, tmp, info)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+        return info
+
+    def commit(self, hex_digest, verified_file, info):
+        """Move a verified file into the cache and write its info next to it."""
+        self.save_path(hex_digest).mkdir(exist_ok=True)
+        os.replace(verified_file, self.data_path(hex_digest))
+
+        fd, info_tmp = tempfile.mkstemp(prefix=f"{hex_digest}.info.", dir=self.tmp_dir)
+        with os.fdopen(fd, "wb") as out:
+            out.write(bencode(info))
+        os.replace(info_tmp, self.info_path(hex_digest))
+
+    def remove(self, hex_digest):
+        """Delete a blob from the cache (info first, so readers stop trusting the data)."""
+        _unlink(self.info_path(hex_digest))
+        _unlink(self.data_path(hex_digest))
+
+    def usage(self):
+        """Return (blob count, bytes) of the cached blobs."""
+        sizes = [self.data_path(hex_digest).stat().st_size for hex_digest in self.cached_digests()]
+
+        return len(sizes), sum(sizes)
+
+
+def _copy(stream, out, hasher, expected_size, hex_digest):
+    while True:
+        try:
+            chunk = stream.read(CHUNK_SIZE)
+        except OSError as exc:
+            raise StorageError(f"blob sha256:{hex_digest}: read failed after "
+                               f"{hasher.received} bytes: {exc}") from exc
+        if not chunk:
+            return
+
+        hasher.update(chunk)
+        if hasher.received > expected_size:
+            raise DigestMismatch(f"blob sha256:{hex_digest}: more than the expected "
+                                 f"{expected_size} bytes")
+        out.write(chunk)
+
+
+def _unlink(path):
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,317 @@
+"""Configuration of the sidecar and the agent.
+
+Each option is declared once below with its key, parser, default and help
+text. A process reads one TOML file; keys not declared are rejected, so a
+typo fails at start instead of being ignored. ``example_config`` renders
+the commented example files shipped in ``etc/``.
+"""
+
+import textwrap
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from registry_p2p.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+def positive_int(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def non_negative_int(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def positive_seconds(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return float(value)
+
+
+def host_port(value):
+    """Parse ``host:port`` (``[v6]:port`` for IPv6) into (host, port)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a string 'host:port'")
+
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected 'host:port' with a port from 0 to 65535")
+
+    return host.strip("[]"), int(port)
+
+
+def http_url(value):
+    if not isinstance(value, str):
+        raise ValueError("expected a URL string")
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("expected a URL without query or fragment")
+
+    return value.rstrip("/")
+
+
+def url_list(value):
+    if not isinstance(value, list):
+        raise ValueError("expected a list of URLs")
+    return [http_url(item) for item in value]
+
+
+def path(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty path string")
+    return Path(value)
+
+
+def string(value):
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def choice(*allowed):
+    def parse(value):
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+    return parse
+
+
+@dataclass(frozen=True)
+class Registry:
+    """An upstream registry the agent may contact, and the sidecars in front of it."""
+
+    name: str
+    url: str
+    sidecars: tuple
+
+
+def registries(value):
+    """Parse the agent's ``[[registries]]`` tables."""
+    if not isinstance(value, list):
+        raise ValueError("expected [[registries]] tables")
+
+    parsed = []
+    for index, table in enumerate(value):
+        where = f"registries[{index}]"
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: expected a table")
+
+        unknown = set(table) - {"name", "url", "sidecars"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; "
+                             "known keys are name, url, sidecars")
+
+        try:
+            name = string(table.get("name"))
+            url = http_url(table.get("url"))
+            sidecars = tuple(url_list(table.get("sidecars", [])))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+        if not name or "/" in name:
+            raise ValueError(f"{where}: name must be the registry host as it appears "
+                             f"in image names, e.g. 'registry.example.org:5000'")
+        parsed.append(Registry(name=name.lower(), url=url, sidecars=sidecars))
+
+    names = [registry.name for registry in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError("registry names must be unique")
+
+    return tuple(parsed)
+
+
+LOG_LEVELS = choice("debug", "info", "warning", "error")
+
+SIDECAR_OPTIONS = (
+    Option("listen", host_port, "0.0.0.0:5050",
+           "Address and port of the sidecar's HTTP server (registry proxy, "
+           "metainfo endpoint, tracker)."),
+    Option("workers", positive_int, 4, "Gunicorn worker processes."),
+    Option("threads", positive_int, 16,
+           "Threads per worker process; each thread serves one request at a time."),
+    Option("registry_url", http_url, "http://127.0.0.1:5000",
+           "URL of the registry this sidecar fronts."),
+    Option("public_url", http_url, "http://127.0.0.1:5050",
+           "URL under which agents reach this sidecar. Torrents announce to "
+           "<public_url>/announce."),
+    Option("trackers", url_list, [],
+           "Announce URLs of the other sidecars' trackers, added to every torrent."),
+    Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
+           "Directory of verified blobs, their torrents and the seeder's socket."),
+    Option("storage.driver", choice("filesystem"), "filesystem",
+           "Storage driver that reads the registry's blobs."),
+    Option("storage.filesystem.rootdirectory", path, "/var/lib/docker-registry",
+           "The registry's storage.filesystem.rootdirectory."),
+    Option("torrent.listen", host_port, "0.0.0.0:6881",
+           "Address and port on which the seeder accepts BitTorrent peers."),
+    Option("tracker.interval", positive_int, 30,
+           "Seconds between announces that the tracker asks peers for."),
+    Option("tracker.peer_ttl", positive_int, 120,
+           "Seconds after its last announce that a peer is dropped from the tracker."),
+    Option("upstream_timeout", positive_seconds, 30.0,
+           "Seconds to wait for the registry to connect or send data."),
+    Option("log_level", LOG_LEVELS, "info", "Log level."),
+)
+
+AGENT_OPTIONS = (
+    Option("listen", host_port, "127.0.0.1:5080",
+           "Address and port of the agent's registry mirror and HTTP proxy."),
+    Option("threads", positive_int, 64,
+           "Request threads; each serves one request at a time."),
+    Option("cache_dir", path, "/var/cache/registry-p2p/agent",
+           "Directory of downloaded blobs, which the agent keeps seeding."),
+    Option("torrent.listen", host_port, "0.0.0.0:6882",
+           "Address and port on which the agent accepts BitTorrent peers."),
+    Option("default_registry", string, "",
+           "Name of the registry used when a request names none (no ?ns= and "
+           "not a proxy request). Empty: the first of [[registries]]."),
+    Option("registries", registries, [],
+           "Registries the agent may contact: name (host[:port] as in image "
+           "names), url, and the sidecars in front of it. Nothing else is "
+           "contacted."),
+    Option("p2p.min_blob_size", non_negative_int, 1024 * 1024,
+           "Blobs smaller than this many bytes are fetched from the registry directly."),
+    Option("p2p.metainfo_timeout", positive_seconds, 60.0,
+           "Seconds to wait for a sidecar's torrent, which includes the "
+           "sidecar reading the blob from storage."),
+    Option("p2p.stall_timeout", positive_seconds, 20.0,
+           "Seconds without download progress after which the agent gives up "
+           "on BitTorrent and fetches the blob from the registry."),
+    Option("upstream_timeout", positive_seconds, 30.0,
+           "Seconds to wait for a registry or sidecar to connect or send data."),
+    Option("log_level", LOG_LEVELS, "info", "Log level."),
+)
+
+
+class Config:
+    """Validated option values, looked up by dotted key: ``config["p2p.stall_timeout"]``."""
+
+    def __init__(self, values, source):
+        self._values = values
+        self.source = source
+
+    def __getitem__(self, key):
+        return self._values[key]
+
+    def replace(self, **changes):
+        """Return a copy with some values changed (keys with '.' written as '__')."""
+        values = dict(self._values)
+        for name, value in changes.items():
+            key = name.replace("__", ".")
+            if key not in values:
+                raise KeyError(key)
+            values[key] = value
+        return Config(values, self.source)
+
+
+def load(options, config_path=None, text=None):
+    """Read and validate a TOML config; ConfigError names the file, key and value."""
+    source = str(config_path) if config_path is not None else "<defaults>"
+    if text is None and config_path is not None:
+        try:
+            text = Path(config_path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+
+    try:
+        document = tomllib.loads(text or "")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+
+    flat = _flatten(document, options)
+    unknown = sorted(set(flat) - {option.key for option in options})
+    if unknown:
+        raise ConfigError(f"config file {source}: unknown key {unknown[0]!r}; "
+                          f"see the example config for the known keys")
+
+    values = {}
+    for option in options:
+        raw = flat.get(option.key, option.default)
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"config file {source}: key {option.key!r} has invalid "
+                              f"value {raw!r}: {exc}") from None
+
+    return Config(values, source)
+
+
+def _flatten(document, options, prefix=""):
+    """Flatten nested tables to dotted keys, stopping at keys that are options."""
+    declared = {option.key for option in options}
+    flat = {}
+    for key, value in document.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and dotted not in declared:
+            flat.update(_flatten(value, options, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def example_config(options, title):
+    """Render a commented TOML file listing every option with its default.
+
+    Top-level keys come first and ``[[registries]]`` last, because in TOML a
+    key after a table header belongs to that table.
+    """
+    lines = [f"# {title}", "# Every option is shown with its default value.", ""]
+    plain = [option for option in options if option.key != "registries"]
+    ordered = sorted(plain, key=lambda option: "." in option.key)
+
+    section = ""
+    for option in ordered:
+        head, _, leaf = option.key.rpartition(".")
+        if head != section:
+            lines += ["", f"[{head}]"]
+            section = head
+        lines += _comment(option.help)
+        lines.append(f"{leaf} = {_toml_value(option.default)}")
+
+    for option in options:
+        if option.key == "registries":
+            lines += _registries_example(option)
+
+    return "\n".join(lines) + "\n"
+
+
+def _comment(text):
+    return ["# " + line for line in textwrap.wrap(text, width=76)]
+
+
+def _registries_example(option):
+    return [
+        "",
+        *_comment(option.help),
+        "# [[registries]]",
+        '# name = "registry.example.org"',
+        '# url = "https://registry.example.org"',
+        '# sidecars = ["http://registry-host-1.example.org:5050"]',
+    ]
+
+
+def _toml_value(value):
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

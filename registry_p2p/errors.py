@@ -1,0 +1,80 @@
+"""Project exceptions and registry-style error bodies.
+
+Every error that reaches an HTTP client is rendered the way the registry
+renders its own (``{"errors": [{"code", "message", "detail"}]}``), so
+docker, containerd and skopeo print it as they print registry errors.
+"""
+
+import json
+
+
+class RegistryP2PError(Exception):
+    """Base class of every error raised by registry-p2p."""
+
+
+class ConfigError(RegistryP2PError):
+    """A configuration file is missing, unreadable or has an invalid value."""
+
+
+class StorageError(RegistryP2PError):
+    """A storage driver could not read the registry's storage."""
+
+
+class BlobNotFound(StorageError):
+    """The blob, or the repository's link to it, does not exist in storage."""
+
+
+class DigestMismatch(StorageError):
+    """Bytes read for a blob do not hash to its digest or have the wrong size."""
+
+
+class P2PError(RegistryP2PError):
+    """A BitTorrent transfer failed; callers fall back to the registry."""
+
+
+class RegistryHTTPError(RegistryP2PError):
+    """An error to return to an HTTP client in the registry's format.
+
+    ``code`` is one of the distribution API error codes (BLOB_UNKNOWN,
+    DIGEST_INVALID, NAME_INVALID, DENIED, UNAUTHORIZED, UNAVAILABLE, ...).
+    """
+
+    def __init__(self, status, code, message, detail=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+    def body(self):
+        """Return the JSON body as bytes."""
+        error = {"code": self.code, "message": self.message}
+        if self.detail is not None:
+            error["detail"] = self.detail
+
+        return json.dumps({"errors": [error]}).encode() + b"\n"
+
+
+def digest_invalid(value):
+    return RegistryHTTPError(
+        400, "DIGEST_INVALID", "provided digest did not match uploaded content",
+        detail=f"invalid digest {value!r}: expected sha256:<64 lowercase hex digits>")
+
+
+def name_invalid(value):
+    return RegistryHTTPError(
+        400, "NAME_INVALID", "invalid repository name",
+        detail=f"invalid repository name {value!r}")
+
+
+def blob_unknown(digest):
+    return RegistryHTTPError(404, "BLOB_UNKNOWN", "blob unknown to registry", detail=digest)
+
+
+def denied(detail):
+    return RegistryHTTPError(403, "DENIED", "requested access to the resource is denied",
+                             detail=detail)
+
+
+def unavailable(detail):
+    return RegistryHTTPError(503, "UNAVAILABLE", "service unavailable", detail=detail)

@@ -1,0 +1,414 @@
+"""The libtorrent boundary: the only module that imports libtorrent.
+
+One ``TorrentSession`` per process owns one ``libtorrent.session``. A single
+owner thread creates the session, runs every call on it and handles its
+alerts; other threads submit work with ``submit`` and get a Future back.
+Alerts are dispatched through a table keyed by alert type.
+
+Runs on libtorrent 2.0.8 (Debian bookworm) and 2.1.x (PyPI).
+"""
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import libtorrent as lt
+
+from registry_p2p import __version__
+from registry_p2p.errors import P2PError
+
+log = logging.getLogger(__name__)
+
+MIN_LIBTORRENT = (2, 0, 8)
+LIBTORRENT_VERSION = tuple(int(part) for part in lt.__version__.split(".")[:3])
+if LIBTORRENT_VERSION < MIN_LIBTORRENT:
+    raise ImportError(f"libtorrent {lt.__version__} is too old; registry-p2p needs 2.0.8 or newer")
+
+# How often the owner thread refreshes download progress and byte counters.
+POLL_INTERVAL = 0.5
+
+
+@dataclass
+class Download:
+    """Progress of one torrent being downloaded, updated by the owner thread."""
+
+    info_hash: str
+    length: int
+    total_done: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+    finished: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+    piece_length: int = 0
+    # Verified block bytes received per peer id prefix (the client's
+    # fingerprint), which tells sidecars' seeders from other agents.
+    bytes_by_client: dict = field(default_factory=dict)
+
+
+BLOCK_SIZE = 16 * 1024
+
+
+def block_size(length, piece_length, piece_index, block_index):
+    """Return the size of one 16 KiB request block; the torrent's last block may be shorter."""
+    piece_start = piece_index * piece_length
+    this_piece = min(piece_length, length - piece_start)
+
+    return min(BLOCK_SIZE, this_piece - block_index * BLOCK_SIZE)
+
+
+def peer_fingerprint(role):
+    """Return the 8-byte peer id prefix (Azureus style) of a registry-p2p process.
+
+    ``role`` is one letter: "S" for a sidecar's seeder, "A" for an agent.
+    """
+    major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
+
+    return f"-R{role}{major}{minor}{patch}0-"[:8]
+
+
+class TorrentSession:
+    """A libtorrent session driven by one owner thread."""
+
+    def __init__(self, listen_host, listen_port, role):
+        self.listen_host = listen_host
+        self.requested_port = listen_port
+        self.fingerprint = peer_fingerprint(role)
+        self._commands = queue.Queue()
+        self._downloads = {}
+        self._pending_moves = {}
+        self._pending_removals = {}
+        self._counters = {"net.sent_payload_bytes": 0, "net.recv_payload_bytes": 0}
+        self._metric_index = {}
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._run, name="libtorrent-owner", daemon=True)
+        self._alert_handlers = {
+            lt.torrent_finished_alert: self._on_torrent_finished,
+            lt.torrent_error_alert: self._on_torrent_error,
+            lt.file_error_alert: self._on_torrent_error,
+            lt.storage_moved_alert: self._on_storage_moved,
+            lt.storage_moved_failed_alert: self._on_storage_moved_failed,
+            lt.torrent_removed_alert: self._on_torrent_removed,
+            lt.hash_failed_alert: self._on_hash_failed,
+            lt.tracker_error_alert: self._on_tracker_error,
+            lt.listen_failed_alert: self._on_listen_failed,
+            lt.listen_succeeded_alert: self._on_listen_succeeded,
+            lt.session_stats_alert: self._on_session_stats,
+            lt.block_finished_alert: self._on_block_finished,
+        }
+
+    # Lifecycle
+
+    def start(self, timeout=10.0):
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise P2PError("libtorrent session did not start in time")
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop(self):
+        """Pause the session, stop the owner thread and release the listen port."""
+        self._stopping.set()
+        self._thread.join(timeout=15)
+
+    def submit(self, function):
+        """Run ``function(session)`` on the owner thread; return a Future of its result."""
+        future = concurrent.futures.Future()
+        if self._stopping.is_set():
+            future.set_exception(P2PError("libtorrent session is stopped"))
+            return future
+
+        self._commands.put((function, future))
+
+        return future
+
+    def _run(self):
+        try:
+            session = lt.session(self._settings())
+            self._metric_index = {metric.name: metric.value_index
+                                  for metric in lt.session_stats_metrics()}
+        except Exception as exc:
+            log.exception("cannot start libtorrent session on %s:%d",
+                          self.listen_host, self.requested_port)
+            self._start_error = P2PError(f"cannot start libtorrent session: {exc}")
+            self._ready.set()
+            return
+
+        self._ready.set()
+        last_poll = 0.0
+        while not self._stopping.is_set():
+            self._run_commands(session)
+
+            session.wait_for_alert(100)
+            for alert in session.pop_alerts():
+                handler = self._alert_handlers.get(type(alert))
+                if handler is not None:
+                    handler(alert)
+
+            if time.monotonic() - last_poll >= POLL_INTERVAL:
+                self._poll(session)
+                session.post_session_stats()
+                last_poll = time.monotonic()
+
+        self._shutdown(session)
+
+    def _run_commands(self, session):
+        while True:
+            try:
+                function, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(session))
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _shutdown(self, session):
+        # Pausing first lets the "stopped" announces go out under
+        # stop_tracker_timeout instead of blocking the session's destructor.
+        session.pause()
+        for download in self._downloads.values():
+            download.error = "session stopped"
+            download.finished.set()
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            future.set_exception(P2PError("libtorrent session stopped"))
+        del session
+        log.info("libtorrent session stopped")
+
+    def _settings(self):
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+
+        return {
+            "listen_interfaces": f"{host}:{self.requested_port}",
+            "peer_fingerprint": self.fingerprint,
+            "user_agent": f"registry-p2p/{__version__}",
+            # uTP reaches a few MB/s on a LAN; TCP reaches line rate.
+            "enable_outgoing_utp": False,
+            "enable_incoming_utp": False,
+            # Peers come from the sidecars' trackers only.
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            # Every agent of a test machine, or behind one NAT, shares an IP.
+            "allow_multiple_connections_per_ip": True,
+            "announce_to_all_trackers": True,
+            "announce_to_all_tiers": True,
+            "stop_tracker_timeout": 1,
+            # The default send buffer caps one peer connection far below
+            # LAN speed.
+            "send_buffer_watermark": 8 * 1024 * 1024,
+            "send_buffer_low_watermark": 1024 * 1024,
+            "send_buffer_watermark_factor": 150,
+            "alert_mask": (lt.alert.category_t.error_notification
+                           | lt.alert.category_t.status_notification
+                           | lt.alert.category_t.storage_notification
+                           | lt.alert.category_t.tracker_notification
+                           | lt.alert.category_t.stats_notification
+                           | lt.alert.category_t.block_progress_notification),
+        }
+
+    # Work submitted by other threads
+
+    def add_seed(self, metainfo, save_path):
+        """Seed a verified blob; return a Future of its hex infohash.
+
+        ``metainfo`` is the .torrent bytes; the file ``save_path/<name>``
+        must already hold the verified blob. libtorrent still checks each
+        piece's hash the first time it sends that piece (seed mode).
+        """
+        def add(session):
+            params = self._params(metainfo, save_path)
+            params.flags |= lt.torrent_flags.seed_mode
+            handle = session.add_torrent(params)
+            return str(handle.info_hash())
+
+        return self.submit(add)
+
+    def add_download(self, metainfo, save_path, length):
+        """Start downloading a torrent into ``save_path``; return a Future of a Download."""
+        def add(session):
+            params = self._params(metainfo, save_path)
+            handle = session.add_torrent(params)
+            info_hash = str(handle.info_hash())
+            download = Download(info_hash=info_hash, length=length,
+                                piece_length=params.ti.piece_length())
+            self._downloads[info_hash] = download
+            if handle.status().is_seeding:
+                download.total_done = length
+                download.finished.set()
+            return download
+
+        return self.submit(add)
+
+    def move_storage(self, info_hash, save_path):
+        """Move a torrent's file to another directory; the Future resolves when it is moved."""
+        done = concurrent.futures.Future()
+
+        def move(session):
+            handle = self._handle(session, info_hash)
+            self._pending_moves[info_hash] = done
+            handle.move_storage(str(save_path))
+
+        self._chain(self.submit(move), done)
+
+        return done
+
+    def remove(self, info_hash, delete_files=False):
+        """Remove a torrent; the Future resolves once libtorrent has released it."""
+        done = concurrent.futures.Future()
+
+        def remove(session):
+            handle = session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash)))
+            if not handle.is_valid():
+                done.set_result(False)
+                return
+            self._downloads.pop(info_hash, None)
+            self._pending_removals[info_hash] = done
+            flags = lt.session.delete_files if delete_files else 0
+            session.remove_torrent(handle, flags)
+
+        self._chain(self.submit(remove), done)
+
+        return done
+
+    def listen_port(self):
+        """Return a Future of the TCP port that the session accepts peers on."""
+        return self.submit(lambda session: session.listen_port())
+
+    def has_torrent(self, info_hash):
+        def find(session):
+            return session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash))).is_valid()
+
+        return self.submit(find)
+
+    def counters(self):
+        """Return total payload bytes sent and received by this session (thread-safe copy)."""
+        return {
+            "uploaded_bytes": self._counters["net.sent_payload_bytes"],
+            "downloaded_bytes": self._counters["net.recv_payload_bytes"],
+        }
+
+    def torrent_count(self):
+        return self.submit(lambda session: len(session.get_torrents()))
+
+    # Owner-thread helpers
+
+    def _params(self, metainfo, save_path):
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(lt.bdecode(metainfo))
+        params.save_path = str(save_path)
+        # A torrent that is not auto-managed must also be unpaused, or it
+        # never starts.
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        return params
+
+    def _handle(self, session, info_hash):
+        handle = session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash)))
+        if not handle.is_valid():
+            raise P2PError(f"no torrent {info_hash} in the session")
+        return handle
+
+    @staticmethod
+    def _chain(submitted, done):
+        def forward(future):
+            exc = future.exception()
+            if exc is not None and not done.done():
+                done.set_exception(exc)
+
+        submitted.add_done_callback(forward)
+
+    def _poll(self, session):
+        for info_hash, download in list(self._downloads.items()):
+            if download.finished.is_set():
+                continue
+            handle = session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash)))
+            if not handle.is_valid():
+                continue
+            self._update_download(handle, download)
+
+    def _update_download(self, handle, download):
+        status = handle.status()
+        if status.total_wanted_done > download.total_done:
+            download.total_done = status.total_wanted_done
+            download.last_progress = time.monotonic()
+
+
+    # Alert handlers (owner thread)
+
+    def _on_torrent_finished(self, alert):
+        info_hash = str(alert.handle.info_hash())
+        download = self._downloads.get(info_hash)
+        if download is None:
+            return
+
+        download.total_done = download.length
+        download.finished.set()
+
+    def _on_block_finished(self, alert):
+        download = self._downloads.get(str(alert.handle.info_hash()))
+        if download is None:
+            return
+
+        client = alert.pid.to_bytes()[:8].decode("latin-1")
+        size = block_size(download.length, download.piece_length,
+                          alert.piece_index, alert.block_index)
+        download.bytes_by_client[client] = download.bytes_by_client.get(client, 0) + size
+
+    def _on_torrent_error(self, alert):
+        info_hash = str(alert.handle.info_hash())
+        log.error("torrent %s failed: %s", info_hash, alert.message())
+        download = self._downloads.get(info_hash)
+        if download is not None:
+            download.error = alert.message()
+            download.finished.set()
+
+    def _on_storage_moved(self, alert):
+        future = self._pending_moves.pop(str(alert.handle.info_hash()), None)
+        if future is not None:
+            future.set_result(True)
+
+    def _on_storage_moved_failed(self, alert):
+        info_hash = str(alert.handle.info_hash())
+        log.error("moving torrent %s failed: %s", info_hash, alert.message())
+        future = self._pending_moves.pop(info_hash, None)
+        if future is not None:
+            future.set_exception(P2PError(f"moving torrent {info_hash} failed: {alert.message()}"))
+
+    def _on_torrent_removed(self, alert):
+        info_hash = str(alert.info_hash) if hasattr(alert, "info_hash") else ""
+        future = self._pending_removals.pop(info_hash, None)
+        if future is not None:
+            future.set_result(True)
+
+    def _on_hash_failed(self, alert):
+        log.warning("piece %d of torrent %s failed its hash check; its peers sent bad data",
+                    alert.piece_index, alert.handle.info_hash())
+
+    def _on_tracker_error(self, alert):
+        log.warning("tracker %s for torrent %s: %s",
+                    alert.tracker_url(), alert.handle.info_hash(), alert.message())
+
+    def _on_listen_failed(self, alert):
+        log.error("libtorrent cannot listen: %s", alert.message())
+
+    def _on_listen_succeeded(self, alert):
+        log.info("libtorrent listening on %s:%d", alert.address, alert.port)
+
+    def _on_session_stats(self, alert):
+        values = alert.values
+        for name in self._counters:
+            index = self._metric_index.get(name)
+            if index is not None:
+                self._counters[name] = values[name] if isinstance(values, dict) else values[index]

@@ -1,0 +1,36 @@
+"""The interface every storage driver implements."""
+
+from abc import ABC, abstractmethod
+
+
+class StorageDriver(ABC):
+    """Read-only access to the blobs and repository links of a registry's storage.
+
+    Contract:
+    - ``hex_digest`` is the 64-character hex part of a sha256 digest and
+      ``repository`` a name already validated by ``validate_repository``.
+    - A missing blob or link raises ``BlobNotFound``; any other failure of
+      the backend raises ``StorageError`` naming the backend and the path.
+    - ``stat`` and ``is_linked`` never read blob content.
+    - ``open`` returns a binary file object positioned at byte 0; it does
+      not verify the digest, which is the caller's job.
+    """
+
+    name = "abstract"
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config):
+        """Create the driver from a sidecar ``Config``."""
+
+    @abstractmethod
+    def stat(self, hex_digest):
+        """Return the size in bytes of a blob."""
+
+    @abstractmethod
+    def is_linked(self, repository, hex_digest):
+        """Return whether ``repository`` links the blob, i.e. the registry serves it there."""
+
+    @abstractmethod
+    def open(self, hex_digest):
+        """Open a blob's bytes for reading."""
