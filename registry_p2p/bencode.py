@@ -13,7 +13,11 @@ class BencodeError(RegistryP2PError):
 
 
 def bencode(value):
-    """Encode ints, bytes, str (as UTF-8), lists and dicts; dict keys are sorted as bytes."""
+    """Encode ints, bytes, str (as UTF-8), lists and dicts; dict keys are sorted as bytes.
+
+    Raises TypeError for any other type, including a dict key that is not
+    str or bytes, and ValueError for a dict whose str and bytes keys collide.
+    """
     out = []
     _encode(value, out)
 
@@ -38,7 +42,17 @@ def _encode(value, out):
         out.append(b"e")
     elif isinstance(value, dict):
         out.append(b"d")
-        keys = {(key.encode() if isinstance(key, str) else key): key for key in value}
+        keys = {}
+        for key in value:
+            if isinstance(key, str):
+                raw_key = key.encode()
+            elif isinstance(key, bytes):
+                raw_key = key
+            else:
+                raise TypeError(f"bencode dict keys must be str or bytes, not {type(key).__name__}")
+            if raw_key in keys:
+                raise ValueError(f"bencode dict key {raw_key!r} is given both as str and as bytes")
+            keys[raw_key] = key
         for raw_key in sorted(keys):
             _encode(raw_key, out)
             _encode(value[keys[raw_key]], out)

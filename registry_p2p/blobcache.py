@@ -121,7 +121,10 @@ class BlobCache:
         """Move a verified file into the cache and write its info next to it."""
         self.save_path(hex_digest).mkdir(exist_ok=True)
         os.replace(verified_file, self.data_path(hex_digest))
+        self.write_info(hex_digest, info)
 
+    def write_info(self, hex_digest, info):
+        """Mark a verified blob already at ``data_path`` as complete."""
         fd, info_tmp = tempfile.mkstemp(prefix=f"{hex_digest}.info.", dir=self.tmp_dir)
         with os.fdopen(fd, "wb") as out:
             out.write(bencode(info))

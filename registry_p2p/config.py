@@ -163,6 +163,10 @@ SIDECAR_OPTIONS = (
            "Address and port on which the seeder accepts BitTorrent peers."),
     Option("tracker.interval", positive_int, 30,
            "Seconds between announces that the tracker asks peers for."),
+    Option("tracker.origin_fanout", positive_int, 1,
+           "Leechers of a blob that the tracker hands this host's seeder at a "
+           "time; the other nodes get the blob from peers. 1 sends each blob "
+           "from the registry host about once."),
     Option("tracker.peer_ttl", positive_int, 120,
            "Seconds after its last announce that a peer is dropped from the tracker."),
     Option("upstream_timeout", positive_seconds, 30.0,

@@ -39,12 +39,13 @@ class RegistryHTTPError(RegistryP2PError):
     DIGEST_INVALID, NAME_INVALID, DENIED, UNAUTHORIZED, UNAVAILABLE, ...).
     """
 
-    def __init__(self, status, code, message, detail=None):
+    def __init__(self, status, code, message, detail=None, headers=None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        self.headers = dict(headers or {})
 
     def body(self):
         """Return the JSON body as bytes."""

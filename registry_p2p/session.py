@@ -68,13 +68,28 @@ def peer_fingerprint(role):
     return f"-R{role}{major}{minor}{patch}0-"[:8]
 
 
+def _limit_every_peer(session):
+    """Put every peer in the global peer class, whose rate limits are the session's.
+
+    By default libtorrent exempts peers on loopback and local networks from
+    rate limits, and those are exactly the peers of a registry host.
+    """
+    everyone = 1 << lt.session.global_peer_class_id
+    peer_filter = lt.ip_filter()
+    peer_filter.add_rule("0.0.0.0", "255.255.255.255", everyone)
+    peer_filter.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+    session.set_peer_class_filter(peer_filter)
+
+
 class TorrentSession:
     """A libtorrent session driven by one owner thread."""
 
-    def __init__(self, listen_host, listen_port, role):
+    def __init__(self, listen_host, listen_port, role, upload_rate_limit=0, settings=None):
         self.listen_host = listen_host
         self.requested_port = listen_port
         self.fingerprint = peer_fingerprint(role)
+        self.upload_rate_limit = upload_rate_limit
+        self.extra_settings = dict(settings or {})
         self._commands = queue.Queue()
         self._downloads = {}
         self._pending_moves = {}
@@ -127,7 +142,9 @@ class TorrentSession:
 
     def _run(self):
         try:
-            session = lt.session(self._settings())
+            session = lt.session({**self._settings(), **self.extra_settings})
+            if self.upload_rate_limit:
+                _limit_every_peer(session)
             self._metric_index = {metric.name: metric.value_index
                                   for metric in lt.session_stats_metrics()}
         except Exception as exc:
@@ -210,6 +227,8 @@ class TorrentSession:
             "send_buffer_watermark": 8 * 1024 * 1024,
             "send_buffer_low_watermark": 1024 * 1024,
             "send_buffer_watermark_factor": 150,
+            # 0 means unlimited.
+            "upload_rate_limit": self.upload_rate_limit,
             "alert_mask": (lt.alert.category_t.error_notification
                            | lt.alert.category_t.status_notification
                            | lt.alert.category_t.storage_notification

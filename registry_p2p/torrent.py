@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from registry_p2p.bencode import BencodeError, bdecode, bencode
 from registry_p2p.errors import P2PError
 
-MIN_PIECE_SIZE = 256 * 1024
+MIN_PIECE_SIZE = 1024 * 1024
 MAX_PIECE_SIZE = 16 * 1024 * 1024
 # Piece counts stay near or below this, which keeps metainfo under ~20 KiB
 # while pieces remain small enough to spread among peers early.
@@ -30,7 +30,7 @@ TARGET_PIECES = 1024
 def piece_size(length):
     """Return the piece length for a blob of ``length`` bytes.
 
-    The smallest power of two from 256 KiB to 16 MiB that splits the blob
+    The smallest power of two from 1 MiB to 16 MiB that splits the blob
     into at most 1024 pieces; 16 MiB for blobs above 16 GiB.
     """
     if length < 0:
@@ -163,7 +163,10 @@ def parse_metainfo(raw, expected_hex_digest, expected_length):
         raise P2PError(f"metainfo for {expected_hex_digest} has invalid length {length!r}")
 
     count = -(-length // piece_size(length))
-    if not isinstance(pieces, bytes) or len(pieces) != 20 * count:
+    if not isinstance(pieces, bytes):
+        raise P2PError(f"metainfo for {expected_hex_digest} has piece hashes of type "
+                       f"{type(pieces).__name__}, expected a byte string")
+    if len(pieces) != 20 * count:
         raise P2PError(f"metainfo for {expected_hex_digest} has {len(pieces)} bytes "
                        f"of piece hashes, expected {20 * count}")
 
@@ -182,8 +185,12 @@ def parse_metainfo(raw, expected_hex_digest, expected_length):
 
 def _trackers(metainfo):
     urls = []
-    for tier in metainfo.get(b"announce-list", []):
-        urls.extend(url for url in tier if isinstance(url, bytes))
+    tiers = metainfo.get(b"announce-list", [])
+    if not isinstance(tiers, list):
+        tiers = []
+    for tier in tiers:
+        if isinstance(tier, list):
+            urls.extend(url for url in tier if isinstance(url, bytes))
     if isinstance(metainfo.get(b"announce"), bytes):
         urls.insert(0, metainfo[b"announce"])
 

@@ -11,7 +11,7 @@ import random
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from registry_p2p.bencode import bencode
@@ -127,51 +127,111 @@ def compact_reply(peers, interval):
 
 
 class PeerTable:
-    """Peers per infohash, each forgotten ``ttl`` seconds after its last announce."""
+    """Peers per infohash, each forgotten ``ttl`` seconds after its last announce.
 
-    def __init__(self, ttl, clock=time.monotonic):
+    Origin seeds (sidecars' seeders, whose peer ids start with
+    ORIGIN_PEER_ID_PREFIX) are handed to at most ``origin_fanout`` leechers
+    of a swarm at a time, and an origin seed learns only those leechers.
+    Every other leecher gets the swarm's other peers, so the blob leaves the
+    registry host about ``origin_fanout`` times however many nodes pull it.
+    A leecher keeps its origin slot until it completes, stops or expires.
+    """
+
+    def __init__(self, ttl, origin_fanout=1, clock=time.monotonic):
         self.ttl = ttl
+        self.origin_fanout = origin_fanout
         self._clock = clock
         self._lock = threading.Lock()
         self._swarms = {}
 
     def announce(self, request):
-        """Record an announce and return up to numwant other peers as (ip, port).
-
-        Seeds (left == 0) get only leechers back, because seeds have
-        nothing to download.
-        """
+        """Record an announce and return up to numwant peers for it as (ip, port)."""
         now = self._clock()
         with self._lock:
-            swarm = self._swarms.setdefault(request.info_hash, {})
-            self._expire(swarm, now)
+            swarm = self._swarms.setdefault(request.info_hash, _Swarm())
+            swarm.expire(now, self.ttl)
             if request.event == "stopped":
-                swarm.pop(request.peer_id, None)
+                swarm.remove(request.peer_id)
             else:
-                swarm[request.peer_id] = (request.ip, request.port, request.left, now)
+                swarm.peers[request.peer_id] = _Peer(request.ip, request.port, request.left, now)
+                if request.left == 0:
+                    swarm.origin_assigned.discard(request.peer_id)
 
-            candidates = [
-                (ip, port) for peer_id, (ip, port, left, _) in swarm.items()
-                if peer_id != request.peer_id and (request.left > 0 or left > 0)
-            ]
-            if not swarm:
+            if request.event == "stopped":
+                peers = []
+            elif is_origin(request.peer_id):
+                peers = swarm.assigned_leechers()
+            else:
+                peers = self._peers_for_node(swarm, request)
+
+            if not swarm.peers:
                 del self._swarms[request.info_hash]
 
-        random.shuffle(candidates)
+        return peers[:request.numwant]
 
-        return candidates[:request.numwant]
+    def _peers_for_node(self, swarm, request):
+        others = [
+            (peer.ip, peer.port) for peer_id, peer in swarm.peers.items()
+            if peer_id != request.peer_id and not is_origin(peer_id)
+            and (request.left > 0 or peer.left > 0)
+        ]
+        random.shuffle(others)
+
+        origins = [(peer.ip, peer.port) for peer_id, peer in swarm.peers.items()
+                   if is_origin(peer_id)]
+        if request.left == 0 or not origins:
+            return others
+
+        assigned = swarm.origin_assigned
+        if request.peer_id in assigned or len(assigned) < self.origin_fanout:
+            assigned.add(request.peer_id)
+            return origins + others
+
+        return others
 
     def swarm_sizes(self):
         """Return {hex infohash: live peer count}."""
         now = self._clock()
         with self._lock:
             for key in list(self._swarms):
-                self._expire(self._swarms[key], now)
-                if not self._swarms[key]:
+                self._swarms[key].expire(now, self.ttl)
+                if not self._swarms[key].peers:
                     del self._swarms[key]
-            return {key.hex(): len(swarm) for key, swarm in self._swarms.items()}
+            return {key.hex(): len(swarm.peers) for key, swarm in self._swarms.items()}
 
-    def _expire(self, swarm, now):
-        stale = [peer_id for peer_id, entry in swarm.items() if now - entry[3] > self.ttl]
+
+ORIGIN_PEER_ID_PREFIX = b"-RS"
+
+
+def is_origin(peer_id):
+    # NOTE: the prefix is self-declared, so any peer that can announce can
+    # claim to be an origin; trackers are meant for the registry's private
+    # network.
+    return peer_id.startswith(ORIGIN_PEER_ID_PREFIX)
+
+
+@dataclass
+class _Peer:
+    ip: str
+    port: int
+    left: int
+    last_seen: float
+
+
+@dataclass
+class _Swarm:
+    peers: dict = field(default_factory=dict)
+    origin_assigned: set = field(default_factory=set)
+
+    def remove(self, peer_id):
+        self.peers.pop(peer_id, None)
+        self.origin_assigned.discard(peer_id)
+
+    def expire(self, now, ttl):
+        stale = [peer_id for peer_id, peer in self.peers.items() if now - peer.last_seen > ttl]
         for peer_id in stale:
-            del swarm[peer_id]
+            self.remove(peer_id)
+
+    def assigned_leechers(self):
+        return [(self.peers[peer_id].ip, self.peers[peer_id].port)
+                for peer_id in self.origin_assigned if peer_id in self.peers]

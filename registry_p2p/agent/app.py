@@ -1,0 +1,78 @@
+"""The agent's WSGI app: registry mirror (/v2/, containerd ?ns=) and plain HTTP proxy."""
+
+import logging
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from flask import jsonify, request
+
+from registry_p2p import digest as digests
+from registry_p2p.errors import RegistryHTTPError
+from registry_p2p.proxy import pass_through, raw_target
+from registry_p2p.webapp import create_flask_app
+
+log = logging.getLogger(__name__)
+
+BLOB_PATH_RE = re.compile(r"/v2/(?P<repository>.+)/blobs/(?P<digest>[^/]+)\Z")
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _proxy_host():
+    """Return the authority of an absolute-form request target, or None."""
+    raw = request.environ.get("RAW_URI", "")
+    if raw.startswith(("http://", "https://")):
+        return urlsplit(raw).netloc
+
+    return None
+
+
+def upstream_target():
+    """Return the request's raw path and query without the agent's own ``ns`` parameter."""
+    target = raw_target()
+    path, _, query = target.partition("?")
+    if "ns=" not in query:
+        return target
+
+    kept = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True)
+            if key != "ns"]
+
+    return path + (f"?{urlencode(kept)}" if kept else "")
+
+
+def create_app(config, upstreams, blobs, session):
+    app = create_flask_app("registry-p2p-agent")
+    http = blobs.http
+    timeout = config["upstream_timeout"]
+
+    @app.route("/v2/", methods=PROXY_METHODS)
+    @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
+    def registry_request(_rest=""):
+        registry = upstreams.resolve(request.args.get("ns"), _proxy_host())
+        target = upstream_target()
+
+        match = BLOB_PATH_RE.match(request.path)
+        if match and match.group("digest") != "uploads" and request.method == "GET":
+            repository = match.group("repository")
+            digests.validate_repository(repository)
+            hex_digest = digests.parse_digest(match.group("digest"))
+            return blobs.get(registry, repository, match.group("digest"), hex_digest, target)
+
+        return pass_through(http, registry.url + target, timeout)
+
+    @app.route("/<path:_other>", methods=PROXY_METHODS + ["CONNECT"])
+    def other_request(_other):
+        host = _proxy_host() or request.host
+        raise RegistryHTTPError(
+            403, "DENIED", "the agent forwards registry API requests only",
+            detail=f"{request.method} {host}{request.path} is not a /v2/ request of a "
+                   f"configured registry")
+
+    @app.get("/p2p/v1/stats")
+    def stats():
+        return jsonify({**blobs.stats.snapshot(), **session.counters()})
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    return app

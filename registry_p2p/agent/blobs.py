@@ -1,0 +1,246 @@
+"""Blob GETs on the agent: authorize upstream, fetch over BitTorrent, verify, serve.
+
+Any failure of the BitTorrent path (no sidecar, bad metainfo, no peers, a
+stall, a digest mismatch) falls back to streaming the blob from the
+registry, so the P2P layer never fails a pull.
+"""
+
+import concurrent.futures
+import hashlib
+import logging
+import shutil
+import threading
+import time
+
+import requests
+from flask import request, send_file
+
+from registry_p2p import torrent
+from registry_p2p.errors import P2PError, unavailable
+from registry_p2p.proxy import pass_through
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FINGERPRINT = "-RS"
+HASH_CHUNK = 1024 * 1024
+
+
+class BlobStats:
+    """Per-blob record of where the agent got each blob's bytes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.blobs = {}
+        self.totals = {"from_sidecars": 0, "from_peers": 0, "from_registry": 0,
+                       "from_cache": 0, "fallbacks": 0}
+
+    def record(self, hex_digest, **values):
+        with self._lock:
+            entry = self.blobs.setdefault(hex_digest, {})
+            for key, value in values.items():
+                if key in self.totals:
+                    self.totals[key] += value
+                    entry[key] = entry.get(key, 0) + value
+                else:
+                    entry[key] = value
+
+    def snapshot(self):
+        with self._lock:
+            return {"totals": dict(self.totals),
+                    "blobs": {key: dict(value) for key, value in self.blobs.items()}}
+
+
+class BlobService:
+    def __init__(self, config, session, cache, http, upstreams):
+        self.session = session
+        self.cache = cache
+        self.http = http
+        self.upstreams = upstreams
+        self.timeout = config["upstream_timeout"]
+        self.metainfo_timeout = config["p2p.metainfo_timeout"]
+        self.stall_timeout = config["p2p.stall_timeout"]
+        self.min_blob_size = config["p2p.min_blob_size"]
+        self.stats = BlobStats()
+        self._lock = threading.Lock()
+        self._inflight = {}
+
+    def reseed_cache(self):
+        """Seed every verified blob left in the cache by a previous run."""
+        trackers = self.upstreams.announce_urls()
+        if not trackers:
+            return
+
+        for hex_digest in self.cache.cached_digests():
+            info = self.cache.load_info(hex_digest)
+            raw = torrent.build_metainfo(hex_digest, info[b"length"], info[b"pieces"], trackers)
+            self.session.add_seed(raw, self.cache.save_path(hex_digest)).result(30)
+            log.info("seeding cached blob sha256:%s", hex_digest)
+
+    def get(self, registry, repository, digest, hex_digest, upstream_target):
+        """Serve a blob GET for ``repository`` on ``registry``."""
+        authorization = request.headers.get("Authorization")
+        size = self._authorize(registry, repository, digest, authorization)
+        if size is None:
+            # The registry rejected the credentials or does not have the
+            # blob: the client gets the registry's own answer and body.
+            return self._from_registry(registry, hex_digest, upstream_target, fallback=False)
+
+        if self.cache.load_info(hex_digest) is not None:
+            self.stats.record(hex_digest, from_cache=size, source="cache")
+            return self._send(hex_digest, digest)
+
+        if size < self.min_blob_size or not registry.sidecars:
+            return self._from_registry(registry, hex_digest, upstream_target, fallback=False)
+
+        try:
+            self._fetch_once(registry, repository, digest, hex_digest, size, authorization)
+        except P2PError as exc:
+            log.warning("P2P fetch of %s in %s failed, fetching it from %s instead: %s",
+                        digest, repository, registry.name, exc)
+            self.stats.record(hex_digest, fallbacks=1, fallback_reason=str(exc))
+            return self._from_registry(registry, hex_digest, upstream_target, fallback=True)
+
+        return self._send(hex_digest, digest)
+
+    def _authorize(self, registry, repository, digest, authorization):
+        """HEAD the blob upstream with the client's credentials; its size, or None if refused."""
+        url = f"{registry.url}/v2/{repository}/blobs/{digest}"
+        headers = {"Authorization": authorization} if authorization else {}
+        try:
+            response = self.http.head(url, headers=headers, timeout=self.timeout,
+                                      allow_redirects=False)
+        except requests.RequestException as exc:
+            log.warning("registry %s unreachable for HEAD %s: %s", registry.name, url, exc)
+            raise unavailable(f"registry {registry.name} unreachable: "
+                              f"{type(exc).__name__}") from None
+
+        if response.status_code != 200:
+            log.info("registry %s answered HEAD %s@%s with %d", registry.name, repository,
+                     digest, response.status_code)
+            return None
+
+        try:
+            return int(response.headers["Content-Length"])
+        except (KeyError, ValueError):
+            return None
+
+    def _from_registry(self, registry, hex_digest, upstream_target, fallback):
+        def count(sent):
+            self.stats.record(hex_digest, from_registry=sent,
+                              source="fallback" if fallback else "registry")
+
+        return pass_through(self.http, registry.url + upstream_target, self.timeout,
+                            on_body_bytes=count)
+
+    def _send(self, hex_digest, digest):
+        response = send_file(self.cache.data_path(hex_digest),
+                             mimetype="application/octet-stream",
+                             conditional=True, etag=False, max_age=31536000)
+        response.headers["Docker-Content-Digest"] = digest
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["Etag"] = f'"{digest}"'
+
+        return response
+
+    def _fetch_once(self, registry, repository, digest, hex_digest, size, authorization):
+        """Download a blob into the cache; concurrent requests for it share one download."""
+        with self._lock:
+            shared = self._inflight.get(hex_digest)
+            if shared is None:
+                shared = concurrent.futures.Future()
+                self._inflight[hex_digest] = shared
+                owner = True
+            else:
+                owner = False
+
+        if not owner:
+            shared.result()
+            return
+
+        try:
+            self._fetch(registry, repository, digest, hex_digest, size, authorization)
+            shared.set_result(True)
+        except BaseException as exc:
+            failure = exc if isinstance(exc, P2PError) else P2PError(f"{type(exc).__name__}: {exc}")
+            shared.set_exception(failure)
+            raise failure from exc
+        finally:
+            with self._lock:
+                del self._inflight[hex_digest]
+
+    def _fetch(self, registry, repository, digest, hex_digest, size, authorization):
+        started = time.monotonic()
+        raw = self._metainfo(registry, repository, digest, authorization)
+        metainfo = torrent.parse_metainfo(raw, hex_digest, size)
+
+        download_dir = self.cache.tmp_dir / f"{hex_digest}.download"
+        shutil.rmtree(download_dir, ignore_errors=True)
+        download_dir.mkdir()
+        download = None
+        try:
+            download = self.session.add_download(raw, download_dir, size).result(30)
+            self._wait(download, digest)
+            self._verify(download_dir / hex_digest, hex_digest)
+            self.session.move_storage(download.info_hash, self.cache.save_path(hex_digest)) \
+                .result(60)
+            self.cache.write_info(hex_digest, torrent.build_info(hex_digest, size, metainfo.pieces))
+        except BaseException:
+            if download is not None:
+                self._discard(download.info_hash, digest)
+            raise
+        finally:
+            shutil.rmtree(download_dir, ignore_errors=True)
+
+        from_sidecars = sum(received for client, received in download.bytes_by_client.items()
+                            if client.startswith(SIDECAR_FINGERPRINT))
+        self.stats.record(hex_digest, source="p2p", repository=repository, size=size,
+                          from_sidecars=from_sidecars,
+                          from_peers=sum(download.bytes_by_client.values()) - from_sidecars,
+                          seconds=round(time.monotonic() - started, 3))
+        log.info("fetched %s (%d bytes) over BitTorrent in %.2f s: %d bytes from sidecars",
+                 digest, size, time.monotonic() - started, from_sidecars)
+
+    def _metainfo(self, registry, repository, digest, authorization):
+        headers = {"Authorization": authorization} if authorization else {}
+        errors = []
+        for sidecar in registry.sidecars:
+            url = f"{sidecar}/p2p/v1/{repository}/blobs/{digest}/torrent"
+            try:
+                response = self.http.get(url, headers=headers,
+                                         timeout=(self.timeout, self.metainfo_timeout))
+            except requests.RequestException as exc:
+                errors.append(f"{sidecar}: {type(exc).__name__}")
+                continue
+
+            if response.status_code == 200:
+                return response.content
+            errors.append(f"{sidecar}: HTTP {response.status_code}")
+
+        raise P2PError(f"no sidecar returned a torrent ({'; '.join(errors)})")
+
+    def _wait(self, download, digest):
+        while not download.finished.wait(1.0):
+            stalled = time.monotonic() - download.last_progress
+            if stalled > self.stall_timeout:
+                raise P2PError(f"no download progress for {stalled:.0f} s "
+                               f"({download.total_done} of {download.length} bytes)")
+
+        if download.error:
+            raise P2PError(f"torrent failed: {download.error}")
+
+    def _verify(self, path, hex_digest):
+        sha256 = hashlib.sha256()
+        with open(path, "rb") as blob:
+            while chunk := blob.read(HASH_CHUNK):
+                sha256.update(chunk)
+
+        if sha256.hexdigest() != hex_digest:
+            log.error("downloaded blob sha256:%s hashes to sha256:%s; discarding it",
+                      hex_digest, sha256.hexdigest())
+            raise P2PError(f"downloaded bytes hash to sha256:{sha256.hexdigest()}")
+
+    def _discard(self, info_hash, digest):
+        try:
+            self.session.remove(info_hash, delete_files=True).result(30)
+        except (P2PError, concurrent.futures.TimeoutError) as exc:
+            log.error("cannot remove torrent %s of %s: %s", info_hash, digest, exc)

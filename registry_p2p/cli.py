@@ -1,0 +1,96 @@
+"""The ``registry-p2p`` command."""
+
+import argparse
+import logging
+import sys
+
+from registry_p2p import __version__, config as configuration, logs
+from registry_p2p.errors import RegistryP2PError
+
+log = logging.getLogger(__name__)
+
+
+def _sidecar(args):
+    from sidecar.main import run
+
+    config = configuration.load(configuration.SIDECAR_OPTIONS, args.config)
+    logs.setup(config["log_level"], "registry-p2p-sidecar")
+    run(config)
+
+
+def _agent(args):
+    from registry_p2p.agent.main import run
+
+    config = configuration.load(configuration.AGENT_OPTIONS, args.config)
+    logs.setup(config["log_level"], "registry-p2p-agent")
+    run(config)
+
+
+def _demo(args):
+    from registry_p2p.demo import run_demo
+
+    logs.setup("warning", "registry-p2p-demo")
+    return run_demo(agents=args.agents, layer_mib=args.layer_mib, workdir=args.workdir,
+                    keep=args.keep)
+
+
+def _example_config(args):
+    options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
+    title = f"registry-p2p {args.process} configuration"
+    sys.stdout.write(configuration.example_config(options[args.process], title))
+
+
+def _check_config(args):
+    options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
+    configuration.load(options[args.process], args.config)
+    print(f"{args.config}: valid {args.process} configuration")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="registry-p2p",
+        description="Peer-to-peer (BitTorrent) distribution of Docker registry blobs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sidecar = commands.add_parser("sidecar", help="run the sidecar on a registry host")
+    sidecar.add_argument("-c", "--config", required=True, help="sidecar config file (TOML)")
+    sidecar.set_defaults(func=_sidecar)
+
+    agent = commands.add_parser("agent", help="run the agent on a node")
+    agent.add_argument("-c", "--config", required=True, help="agent config file (TOML)")
+    agent.set_defaults(func=_agent)
+
+    demo = commands.add_parser(
+        "demo", help="run docker-registry, a sidecar and agents on this machine and pull "
+                     "an image through every agent at once (needs root)")
+    demo.add_argument("--agents", type=int, default=3, help="number of agents (default 3)")
+    demo.add_argument("--layer-mib", type=int, default=64,
+                      help="size of each of the image's 3 big layers in MiB (default 64)")
+    demo.add_argument("--workdir", help="directory for logs and data (default: a new "
+                                        "temporary directory, removed at the end)")
+    demo.add_argument("--keep", action="store_true", help="keep the work directory")
+    demo.set_defaults(func=_demo)
+
+    example = commands.add_parser("example-config",
+                                  help="print a commented config with every default")
+    example.add_argument("process", choices=("sidecar", "agent"))
+    example.set_defaults(func=_example_config)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("process", choices=("sidecar", "agent"))
+    check.add_argument("config", help="config file (TOML)")
+    check.set_defaults(func=_check_config)
+
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except RegistryP2PError as exc:
+        print(f"registry-p2p: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

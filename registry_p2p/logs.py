@@ -1,0 +1,63 @@
+"""Logging setup shared by the sidecar, the seeder and the agent.
+
+Each log line carries the id of the HTTP request being served (``-`` outside
+requests); the same id is returned to the client in ``X-Request-Id``.
+Header values that carry credentials are never logged: ``redact_headers``
+masks them.
+"""
+
+import contextvars
+import logging
+import uuid
+
+REQUEST_ID_HEADER = "X-Request-Id"
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
+                            "x-auth-token", "x-storage-token"})
+
+_request_id = contextvars.ContextVar("request_id", default="-")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = _request_id.get()
+        return True
+
+
+def setup(level="info", process_name="registry-p2p"):
+    """Send logs to stderr with timestamps, process name and request id."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s {process_name}[%(process)d] %(name)s "
+        f"[%(request_id)s] %(message)s"))
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+    # urllib3 logs every retry at WARNING with the URL, which is enough;
+    # its DEBUG lines would repeat each request.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+
+
+def new_request_id(incoming=None):
+    """Start a request: adopt a sane incoming id or create one, and return it."""
+    if incoming and len(incoming) <= 64 and incoming.replace("-", "").isalnum():
+        request_id = incoming
+    else:
+        request_id = uuid.uuid4().hex[:16]
+    _request_id.set(request_id)
+
+    return request_id
+
+
+def current_request_id():
+    return _request_id.get()
+
+
+def redact_headers(headers):
+    """Return a dict of headers safe to log: credential values replaced by '<redacted>'."""
+    return {name: ("<redacted>" if name.lower() in SECRET_HEADERS else value)
+            for name, value in headers.items()}

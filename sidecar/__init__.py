@@ -1,0 +1,1 @@
+"""The sidecar: registry proxy, origin seeder and tracker on each registry host."""

@@ -1,0 +1,99 @@
+"""The sidecar's WSGI app: registry proxy, metainfo endpoint, tracker, health and stats."""
+
+import logging
+import re
+
+from flask import Response, jsonify, request
+
+from registry_p2p import httpclient, storage
+from registry_p2p.blobcache import BlobCache
+from registry_p2p.errors import P2PError, unavailable
+from registry_p2p.proxy import pass_through, raw_target
+from registry_p2p.webapp import create_flask_app
+from sidecar.ipc import SeederClient
+from sidecar.origin import Origin
+from sidecar.seeder import tracker_urls
+
+log = logging.getLogger(__name__)
+
+BLOB_PATH_RE = re.compile(r"/v2/.+/blobs/sha256:[0-9a-f]{64}\Z")
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def create_app(config):
+    app = create_flask_app("registry-p2p-sidecar")
+    http = httpclient.new_session(pool_size=config["threads"])
+    registry_url = config["registry_url"]
+    timeout = config["upstream_timeout"]
+    seeder = SeederClient(config["cache_dir"])
+    origin = Origin(
+        registry_url=registry_url,
+        http=http,
+        timeout=timeout,
+        driver=storage.open_driver(config),
+        cache=BlobCache(config["cache_dir"]),
+        seeder=seeder,
+        trackers=tracker_urls(config),
+    )
+
+    def count_proxied_blob_bytes(sent):
+        try:
+            seeder.call("count", name="proxied_blob_bytes", value=sent)
+        except P2PError as exc:
+            log.warning("cannot count %d proxied blob bytes: %s", sent, exc)
+
+    @app.route("/v2/", methods=PROXY_METHODS)
+    @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
+    def registry_proxy(_rest=""):
+        url = registry_url + raw_target()
+        forwarded = {
+            "X-Forwarded-Host": request.host,
+            "X-Forwarded-Proto": request.scheme,
+            "X-Forwarded-For": request.remote_addr or "",
+        }
+        on_body_bytes = None
+        if request.method == "GET" and BLOB_PATH_RE.match(request.path):
+            on_body_bytes = count_proxied_blob_bytes
+
+        return pass_through(http, url, timeout, forwarded, on_body_bytes)
+
+    @app.get("/p2p/v1/<path:repository>/blobs/<digest>/torrent")
+    def blob_torrent(repository, digest):
+        try:
+            metainfo = origin.metainfo(repository, digest, request.headers.get("Authorization"))
+        except P2PError as exc:
+            log.error("seeder unavailable for %s@%s: %s", repository, digest, exc)
+            raise unavailable("seeder process unavailable") from None
+
+        return Response(metainfo, content_type="application/x-bittorrent",
+                        headers={"Docker-Content-Digest": digest})
+
+    @app.get("/announce")
+    def announce():
+        try:
+            reply = seeder.call("announce", query=request.environ.get("QUERY_STRING", ""),
+                                remote_addr=request.remote_addr)
+        except P2PError as exc:
+            log.error("tracker unavailable: %s", exc)
+            raise unavailable("tracker unavailable") from None
+
+        return Response(reply, content_type="text/plain")
+
+    @app.get("/p2p/v1/stats")
+    def stats():
+        try:
+            return jsonify(seeder.call("stats"))
+        except P2PError as exc:
+            raise unavailable(str(exc)) from None
+
+    @app.get("/healthz")
+    def healthz():
+        try:
+            seeder.call("ping")
+        except P2PError as exc:
+            log.error("health check: %s", exc)
+            return jsonify({"status": "unhealthy", "seeder": str(exc)}), 503
+
+        return jsonify({"status": "ok"})
+
+    return app

@@ -1,0 +1,57 @@
+"""Start a sidecar: the seeder process, then gunicorn serving ``sidecar.app``."""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from registry_p2p.errors import P2PError, RegistryP2PError
+from registry_p2p.server import GunicornServer, gunicorn_options
+from sidecar.app import create_app
+from sidecar.ipc import SeederClient
+
+log = logging.getLogger(__name__)
+
+SEEDER_START_TIMEOUT = 30.0
+
+
+def start_seeder(config):
+    """Start the seeder process and wait until it answers on its socket."""
+    command = [sys.executable, "-m", "sidecar.seeder", "-c", config.source]
+    process = subprocess.Popen(command)
+    client = SeederClient(config["cache_dir"])
+    deadline = time.monotonic() + SEEDER_START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RegistryP2PError(f"seeder process exited with status {process.returncode} "
+                                   f"at start; see its log lines above")
+        try:
+            client.call("ping")
+            return process
+        except P2PError:
+            if time.monotonic() > deadline:
+                process.terminate()
+                raise RegistryP2PError(f"seeder process did not answer within "
+                                       f"{SEEDER_START_TIMEOUT:.0f} s") from None
+            time.sleep(0.2)
+
+
+def run(config):
+    os.makedirs(config["cache_dir"], mode=0o750, exist_ok=True)
+    seeder = start_seeder(config)
+    log.info("sidecar fronting %s, serving on %s:%d", config["registry_url"], *config["listen"])
+    # NOTE: a seeder that dies is not restarted; /healthz turns 503 and
+    # metainfo requests fail until the sidecar is restarted, while the
+    # registry proxy keeps working.
+    try:
+        options = gunicorn_options(config["listen"], config["workers"], config["threads"],
+                                   config["log_level"])
+        GunicornServer(lambda: create_app(config), options).run()
+    finally:
+        seeder.terminate()
+        try:
+            seeder.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            log.error("seeder process %d did not stop; killing it", seeder.pid)
+            seeder.kill()

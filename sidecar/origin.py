@@ -1,0 +1,102 @@
+"""The origin role: turn a registry blob into a seeded torrent for an authorized caller."""
+
+import logging
+
+import requests
+
+from registry_p2p import digest as digests
+from registry_p2p.errors import (BlobNotFound, DigestMismatch, RegistryHTTPError, StorageError,
+                                 blob_unknown, unavailable)
+from sidecar.seeder import blob_metainfo
+
+log = logging.getLogger(__name__)
+
+
+class Origin:
+    def __init__(self, registry_url, http, timeout, driver, cache, seeder, trackers):
+        self.registry_url = registry_url
+        self.http = http
+        self.timeout = timeout
+        self.driver = driver
+        self.cache = cache
+        self.seeder = seeder
+        self.trackers = trackers
+
+    def metainfo(self, repository, digest, authorization):
+        """Return the .torrent bytes of a blob after the registry accepted the caller.
+
+        The caller's Authorization goes on a HEAD of the blob to the
+        registry, so the caller gets a torrent only for a blob that its
+        credentials could pull from that repository.
+        """
+        digests.validate_repository(repository)
+        hex_digest = digests.parse_digest(digest)
+
+        size = self._authorize(repository, digest, authorization)
+
+        if not self.driver.is_linked(repository, hex_digest):
+            log.warning("registry serves sha256:%s in %s but storage has no link for it; "
+                        "does the sidecar read the registry's storage?", hex_digest, repository)
+            raise blob_unknown(digest)
+
+        if self.cache.load_info(hex_digest) is None:
+            self._fill(hex_digest, size)
+
+        self.seeder.call("seed", hex_digest=hex_digest)
+        self.seeder.call("count", name="metainfo_served", value=1)
+
+        return blob_metainfo(self.cache, hex_digest, self.trackers)
+
+    def _authorize(self, repository, digest, authorization):
+        """HEAD the blob with the caller's credentials; return its size."""
+        url = f"{self.registry_url}/v2/{repository}/blobs/{digest}"
+        headers = {"Authorization": authorization} if authorization else {}
+        try:
+            response = self.http.head(url, headers=headers, timeout=self.timeout,
+                                      allow_redirects=False)
+        except requests.RequestException as exc:
+            log.warning("registry unreachable for HEAD %s: %s", url, exc)
+            raise unavailable(f"registry unreachable: {type(exc).__name__}") from None
+
+        if response.status_code == 401:
+            challenge = response.headers.get("WWW-Authenticate")
+            raise RegistryHTTPError(401, "UNAUTHORIZED", "authentication required",
+                                    detail=f"{repository}@{digest}",
+                                    headers={"WWW-Authenticate": challenge} if challenge else None)
+        if response.status_code == 403:
+            raise RegistryHTTPError(403, "DENIED", "requested access to the resource is denied",
+                                    detail=f"{repository}@{digest}")
+        if response.status_code == 404:
+            raise blob_unknown(digest)
+        if response.status_code != 200:
+            raise unavailable(f"registry answered HEAD with {response.status_code}")
+
+        try:
+            return int(response.headers["Content-Length"])
+        except (KeyError, ValueError):
+            raise unavailable("registry sent no Content-Length for the blob") from None
+
+    def _fill(self, hex_digest, size):
+        with self.cache.lock(hex_digest):
+            if self.cache.load_info(hex_digest) is not None:
+                return
+
+            try:
+                stored_size = self.driver.stat(hex_digest)
+                if stored_size != size:
+                    raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
+                                         f"{hex_digest}, the registry reports {size}")
+                with self.driver.open(hex_digest) as stream:
+                    self.cache.fill(hex_digest, size, stream)
+            except BlobNotFound:
+                log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)
+                raise blob_unknown(f"sha256:{hex_digest}") from None
+            except (DigestMismatch, StorageError) as exc:
+                log.error("cannot cache blob sha256:%s from %s storage: %s",
+                          hex_digest, self.driver.name, exc)
+                raise unavailable(f"cannot read blob from storage: {exc}") from None
+
+        self.seeder.call("count", name="storage_read_bytes", value=size)
+        self.seeder.call("count", name="cache_fills", value=1)
+        log.info("cached blob sha256:%s (%d bytes) from %s storage",
+                 hex_digest, size, self.driver.name)

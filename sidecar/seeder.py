@@ -1,0 +1,202 @@
+"""The seeder process: one per registry host.
+
+It owns the host's libtorrent session, which seeds every blob in the
+sidecar's cache, and the tracker's peer table. The gunicorn workers send
+it requests over the Unix socket described in ``sidecar.ipc``.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Listener
+
+from registry_p2p import config as configuration, logs, torrent
+from registry_p2p.blobcache import BlobCache
+from registry_p2p.errors import RegistryP2PError
+from registry_p2p.session import TorrentSession
+from registry_p2p.tracker import AnnounceError, PeerTable, compact_reply, failure_reply, parse_announce
+from sidecar import ipc
+
+log = logging.getLogger(__name__)
+
+COUNTER_NAMES = ("proxied_blob_bytes", "storage_read_bytes", "metainfo_served", "cache_fills")
+
+
+def tracker_urls(config):
+    """Return the announce URLs put in every torrent: this sidecar's first."""
+    return [config["public_url"] + "/announce", *config["trackers"]]
+
+
+def blob_metainfo(cache, hex_digest, trackers):
+    """Return the .torrent bytes of a cached blob, or None if it is not cached."""
+    info = cache.load_info(hex_digest)
+    if info is None:
+        return None
+
+    return torrent.build_metainfo(hex_digest, info[b"length"], info[b"pieces"], trackers)
+
+
+class Seeder:
+    def __init__(self, config):
+        self.config = config
+        self.cache = BlobCache(config["cache_dir"])
+        host, port = config["torrent.listen"]
+        self.session = TorrentSession(host, port, role="S")
+        self.peers = PeerTable(ttl=config["tracker.peer_ttl"],
+                               origin_fanout=config["tracker.origin_fanout"])
+        self.trackers = tracker_urls(config)
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.seeded = {}
+        self._lock = threading.Lock()
+        self.handlers = {
+            "ping": self.ping,
+            "announce": self.announce,
+            "seed": self.seed,
+            "count": self.count,
+            "stats": self.stats,
+        }
+
+    def start(self):
+        self.cache.remove_leftovers()
+        self.session.start()
+        for hex_digest in self.cache.cached_digests():
+            try:
+                self.seed(hex_digest)
+            except RegistryP2PError:
+                log.exception("cannot seed cached blob sha256:%s", hex_digest)
+        log.info("seeding %d cached blobs, announcing to %s", len(self.seeded), self.trackers)
+
+    def stop(self):
+        self.session.stop()
+
+    # Requests from workers
+
+    def ping(self):
+        return "pong"
+
+    def announce(self, query, remote_addr):
+        try:
+            request = parse_announce(query, remote_addr)
+        except (AnnounceError, ValueError) as exc:
+            log.info("rejected announce from %s: %s", remote_addr, exc)
+            return failure_reply(str(exc))
+
+        peers = self.peers.announce(request)
+
+        return compact_reply(peers, self.config["tracker.interval"])
+
+    def seed(self, hex_digest):
+        """Start seeding a cached blob unless it is seeded already; return its infohash."""
+        with self._lock:
+            if hex_digest in self.seeded:
+                return self.seeded[hex_digest]
+
+            raw = blob_metainfo(self.cache, hex_digest, self.trackers)
+            if raw is None:
+                raise RegistryP2PError(f"blob sha256:{hex_digest} is not in the cache")
+
+            info_hash = self.session.add_seed(raw, self.cache.save_path(hex_digest)).result(30)
+            self.seeded[hex_digest] = info_hash
+            log.info("seeding blob sha256:%s as torrent %s", hex_digest, info_hash)
+
+            return info_hash
+
+    def count(self, name, value):
+        with self._lock:
+            self.counters[name] += value
+
+    def stats(self):
+        blob_count, cache_bytes = self.cache.usage()
+        with self._lock:
+            counters = dict(self.counters)
+
+        return {
+            **counters,
+            **self.session.counters(),
+            "seeded_blobs": len(self.seeded),
+            "cache_blobs": blob_count,
+            "cache_bytes": cache_bytes,
+            "swarms": self.peers.swarm_sizes(),
+        }
+
+    # Socket server
+
+    def handle(self, conn):
+        with conn:
+            try:
+                request = conn.recv()
+                handler = self.handlers[request.pop("op")]
+                conn.send({"result": handler(**request)})
+            except (EOFError, OSError) as exc:
+                log.warning("worker connection broke: %s", exc)
+            except Exception as exc:
+                log.exception("seeder request failed")
+                conn.send({"error": f"{type(exc).__name__}: {exc}"})
+
+    def serve(self, stop):
+        path = ipc.socket_path(self.config["cache_dir"])
+        if os.path.exists(path):
+            os.unlink(path)
+
+        key = ipc.create_key(self.config["cache_dir"])
+        old_umask = os.umask(0o077)
+        try:
+            listener = Listener(path, family="AF_UNIX", authkey=key, backlog=128)
+        finally:
+            os.umask(old_umask)
+
+        log.info("seeder listening on %s", path)
+        try:
+            while not stop.is_set():
+                try:
+                    conn = listener.accept()
+                except (OSError, EOFError) as exc:
+                    log.warning("rejected a connection on %s: %s", path, exc)
+                    continue
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+        finally:
+            listener.close()
+
+
+def _exit_with_parent(parent_pid):
+    """Stop this process once the sidecar that started it is gone."""
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    log.warning("parent process %d exited; stopping the seeder", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="registry-p2p-seeder",
+                                     description="Seeder process of a registry-p2p sidecar.")
+    parser.add_argument("-c", "--config", required=True, help="sidecar config file (TOML)")
+    args = parser.parse_args(argv)
+
+    config = configuration.load(configuration.SIDECAR_OPTIONS, args.config)
+    logs.setup(config["log_level"], "registry-p2p-seeder")
+
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+    seeder = Seeder(config)
+    stop = threading.Event()
+    try:
+        seeder.start()
+        seeder.serve(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        seeder.stop()
+        log.info("seeder stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
