@@ -167,7 +167,7 @@ SIDECAR_OPTIONS = (
            "Leechers of a blob that the tracker hands this host's seeder at a "
            "time; the other nodes get the blob from peers. 1 sends each blob "
            "from the registry host about once."),
-    Option("tracker.peer_ttl", positive_int, 120,
+    Option("tracker.peer_ttl", positive_int, 75,
            "Seconds after its last announce that a peer is dropped from the tracker."),
     Option("upstream_timeout", positive_seconds, 30.0,
            "Seconds to wait for the registry to connect or send data."),

@@ -113,6 +113,7 @@ class TorrentSession:
             lt.listen_succeeded_alert: self._on_listen_succeeded,
             lt.session_stats_alert: self._on_session_stats,
             lt.block_finished_alert: self._on_block_finished,
+            lt.alerts_dropped_alert: self._on_alerts_dropped,
         }
 
     # Lifecycle
@@ -227,6 +228,9 @@ class TorrentSession:
             "send_buffer_watermark": 8 * 1024 * 1024,
             "send_buffer_low_watermark": 1024 * 1024,
             "send_buffer_watermark_factor": 150,
+            # One alert per 16 KiB block received: a 1 GiB blob is 65536
+            # alerts, which the owner thread drains every 100 ms.
+            "alert_queue_size": 1 << 18,
             # 0 means unlimited.
             "upload_rate_limit": self.upload_rate_limit,
             "alert_mask": (lt.alert.category_t.error_notification
@@ -384,6 +388,9 @@ class TorrentSession:
         size = block_size(download.length, download.piece_length,
                           alert.piece_index, alert.block_index)
         download.bytes_by_client[client] = download.bytes_by_client.get(client, 0) + size
+
+    def _on_alerts_dropped(self, alert):
+        log.warning("libtorrent dropped alerts (queue full); per-peer byte counts are low")
 
     def _on_torrent_error(self, alert):
         info_hash = str(alert.handle.info_hash())

@@ -135,6 +135,7 @@ class PeerTable:
     Every other leecher gets the swarm's other peers, so the blob leaves the
     registry host about ``origin_fanout`` times however many nodes pull it.
     A leecher keeps its origin slot until it completes, stops or expires.
+    Once a node has the whole blob, no new leecher gets the origin.
     """
 
     def __init__(self, ttl, origin_fanout=1, clock=time.monotonic):
@@ -182,8 +183,14 @@ class PeerTable:
         if request.left == 0 or not origins:
             return others
 
+        # A node that already has the whole blob serves it as well as the
+        # origin does, so a new leecher gets the origin only while no node
+        # has completed.
+        has_node_seed = any(peer.left == 0 and not is_origin(peer_id)
+                            for peer_id, peer in swarm.peers.items())
         assigned = swarm.origin_assigned
-        if request.peer_id in assigned or len(assigned) < self.origin_fanout:
+        if request.peer_id in assigned or (len(assigned) < self.origin_fanout
+                                           and not has_node_seed):
             assigned.add(request.peer_id)
             return origins + others
 

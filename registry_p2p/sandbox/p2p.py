@@ -1,0 +1,127 @@
+"""A sidecar and agents of this package, started as separate processes with their own configs."""
+
+import json
+import logging
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+import registry_p2p
+from registry_p2p.sandbox.process import ManagedProcess, clean_environment, free_port
+
+log = logging.getLogger(__name__)
+
+_SOURCE_ROOT = str(Path(registry_p2p.__file__).resolve().parent.parent)
+
+
+def _toml(value):
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def write_toml(path, top, sections=None, tables=None):
+    """Write a small TOML file: top-level keys, [section] tables and [[array]] tables."""
+    lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
+    for name, values in (sections or {}).items():
+        lines += ["", f"[{name}]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
+    for name, entries in (tables or {}).items():
+        for values in entries:
+            lines += ["", f"[[{name}]]"] + [f"{key} = {_toml(value)}"
+                                            for key, value in values.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _environment():
+    env = clean_environment()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+class _Service:
+    name = "service"
+
+    def __init__(self, workdir, host="127.0.0.1", netns=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.netns = netns
+        self.port = free_port(host, netns)
+        self.torrent_port = free_port(host, netns)
+        self.config_path = self.workdir / f"{self.name}.toml"
+        self.cache_dir = self.workdir / "cache"
+        self.process = None
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def start(self):
+        self.process = ManagedProcess(
+            self.name, [sys.executable, "-m", "registry_p2p", self.name, "-c",
+                        str(self.config_path)],
+            self.workdir / f"{self.name}.log", env=_environment(), netns=self.netns)
+        self.process.start()
+        self.process.wait_http(f"{self.url}/healthz", timeout=60, expect_status=200)
+        return self
+
+    def stop(self):
+        if self.process is not None:
+            self.process.stop(timeout=20)
+
+    def stats(self):
+        with urllib.request.urlopen(f"{self.url}/p2p/v1/stats", timeout=10) as response:
+            return json.load(response)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+class SidecarService(_Service):
+    name = "sidecar"
+
+    def __init__(self, workdir, registry_url, storage_root, host="127.0.0.1", netns=None,
+                 workers=2, **options):
+        super().__init__(workdir, host, netns)
+        sections = {
+            "storage": {"driver": "filesystem"},
+            "storage.filesystem": {"rootdirectory": str(storage_root)},
+            "torrent": {"listen": f"{host}:{self.torrent_port}"},
+            "tracker": {"interval": options.pop("tracker_interval", 10)},
+        }
+        top = {
+            "listen": f"{host}:{self.port}",
+            "workers": workers,
+            "threads": 8,
+            "registry_url": registry_url,
+            "public_url": self.url,
+            "cache_dir": str(self.cache_dir),
+            "log_level": "info",
+            **options,
+        }
+        write_toml(self.config_path, top, sections)
+
+
+class AgentService(_Service):
+    name = "agent"
+
+    def __init__(self, workdir, registries, host="127.0.0.1", netns=None, **options):
+        """``registries`` is a list of dicts with name, url and sidecars."""
+        super().__init__(workdir, host, netns)
+        p2p = {"stall_timeout": options.pop("stall_timeout", 20),
+               "min_blob_size": options.pop("min_blob_size", 1024 * 1024)}
+        top = {
+            "listen": f"{host}:{self.port}",
+            "threads": 32,
+            "cache_dir": str(self.cache_dir),
+            "log_level": "info",
+            **options,
+        }
+        sections = {"torrent": {"listen": f"{host}:{self.torrent_port}"}, "p2p": p2p}
+        write_toml(self.config_path, top, sections, {"registries": registries})

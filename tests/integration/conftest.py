@@ -1,0 +1,96 @@
+"""Fixtures that start real components: docker-registry, sidecars, agents.
+
+Every component is a separate process started here and stopped at the end
+of its scope. A missing binary fails the test with the package to install.
+"""
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from registry_p2p.sandbox.image import DirectoryLayer, RandomLayer, build_image
+from registry_p2p.sandbox.p2p import AgentService, SidecarService
+from registry_p2p.sandbox.registry import Registry
+
+# About 230 MB of the machine's own files in three layers, plus a random one
+# that does not compress, as an image of a real application would have.
+REAL_FILE_LAYERS = [
+    ([Path("/usr/lib")], 90 * 1024 * 1024),
+    ([Path("/usr/share")], 80 * 1024 * 1024),
+    ([Path("/usr/bin"), Path("/usr/sbin"), Path("/usr/libexec")], 60 * 1024 * 1024),
+]
+
+
+@pytest.fixture(scope="session")
+def big_image(tmp_path_factory):
+    layers = [DirectoryLayer(paths, max_bytes) for paths, max_bytes in REAL_FILE_LAYERS]
+    layers.append(RandomLayer(8 * 1024 * 1024, seed=7))
+    return build_image(tmp_path_factory.mktemp("big-image"), layers)
+
+
+@pytest.fixture(scope="session")
+def small_image(tmp_path_factory):
+    layers = [RandomLayer(3 * 1024 * 1024, seed=11), RandomLayer(2 * 1024 * 1024, seed=12),
+              DirectoryLayer([Path("/usr/share/doc")], 2 * 1024 * 1024)]
+    return build_image(tmp_path_factory.mktemp("small-image"), layers)
+
+
+@pytest.fixture
+def http():
+    """A requests session that ignores proxy variables."""
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
+
+
+class Stack:
+    """One registry, one sidecar in front of it and several agents."""
+
+    def __init__(self, root, agent_count, registry_users=None, sidecar_options=None,
+                 agent_options=None, sidecar_urls=None):
+        self.root = root
+        self.agent_count = agent_count
+        self.registry_users = registry_users
+        self.sidecar_options = sidecar_options or {}
+        self.agent_options = agent_options or {}
+        self.sidecar_urls = sidecar_urls
+        self.registry = None
+        self.sidecar = None
+        self.agents = []
+
+    def start(self):
+        self.registry = Registry(self.root / "registry", users=self.registry_users).start()
+        self.sidecar = SidecarService(self.root / "sidecar", self.registry.url,
+                                      self.registry.root_directory, **self.sidecar_options)
+        self.sidecar.start()
+
+        sidecars = self.sidecar_urls if self.sidecar_urls is not None else [self.sidecar.url]
+        entry = {"name": self.registry.hostport, "url": self.registry.url, "sidecars": sidecars}
+        for index in range(self.agent_count):
+            agent = AgentService(self.root / f"agent{index}", [entry], **self.agent_options)
+            self.agents.append(agent)
+            agent.start()
+
+        return self
+
+    def stop(self):
+        for service in [*self.agents, self.sidecar]:
+            if service is not None:
+                service.stop()
+        if self.registry is not None:
+            self.registry.stop()
+
+
+@pytest.fixture
+def make_stack(tmp_path):
+    stacks = []
+
+    def make(agent_count=1, **options):
+        stack = Stack(tmp_path / f"stack{len(stacks)}", agent_count, **options)
+        stacks.append(stack)
+        return stack.start()
+
+    yield make
+    for stack in stacks:
+        stack.stop()

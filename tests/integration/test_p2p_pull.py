@@ -1,0 +1,86 @@
+"""Three agents pull a 230 MB image from a real docker-registry over BitTorrent."""
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+from registry_p2p.sandbox.image import push_image
+from registry_p2p.sandbox.pull import pull_image
+
+pytestmark = pytest.mark.integration
+
+REPOSITORY = "p2p/app"
+# The registry logs a request only after the response is written.
+LOG_SETTLE_SECONDS = 2.0
+
+
+def _pull_everywhere(stack, reference):
+    results = {}
+
+    def pull(agent):
+        results[agent.url] = pull_image(agent.url, stack.registry.hostport, REPOSITORY, reference)
+
+    threads = [threading.Thread(target=pull, args=(agent,)) for agent in stack.agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+
+    return results
+
+
+def _cache_files_are_verified(cache_dir):
+    """Return the cached blob files whose bytes do not hash to their names."""
+    bad = []
+    for data in (cache_dir / "blobs").glob("*/*"):
+        if data.suffix:
+            continue
+        if hashlib.sha256(data.read_bytes()).hexdigest() != data.name:
+            bad.append(data)
+    return bad
+
+
+def test_three_agents_share_layers(make_stack, big_image):
+    stack = make_stack(agent_count=3)
+    push_image(big_image, f"{stack.registry.hostport}/{REPOSITORY}:v1")
+    pushed_bytes = stack.registry.blob_bytes_sent()
+
+    results = _pull_everywhere(stack, "v1")
+
+    for agent in stack.agents:
+        result = results[agent.url]
+        assert result.manifest_status == 200
+        for blob in result.blobs:
+            assert blob.verified, f"{agent.url} {blob}"
+
+    time.sleep(LOG_SETTLE_SECONDS)
+    registry_requests = stack.registry.blob_requests()
+    agent_stats = [agent.stats() for agent in stack.agents]
+    for layer in big_image.layers:
+        hex_digest = layer.digest.split(":", 1)[1]
+        from_registry = sum(int(entry["written"]) for entry in registry_requests
+                            if entry["method"] == "GET" and layer.digest in entry["uri"])
+        from_sidecar = sum(stats["blobs"][hex_digest]["from_sidecars"] for stats in agent_stats)
+        from_peers = sum(stats["blobs"][hex_digest]["from_peers"] for stats in agent_stats)
+
+        print(f"{layer.digest}: {layer.size} bytes, registry {from_registry}, "
+              f"sidecar {from_sidecar}, peers {from_peers}")
+        assert from_registry + from_sidecar <= 2 * layer.size, layer.digest
+        assert from_registry + from_sidecar + from_peers >= 3 * layer.size, layer.digest
+        assert from_peers >= layer.size, layer.digest
+        for stats in agent_stats:
+            assert stats["blobs"][hex_digest]["source"] == "p2p"
+
+    sidecar_stats = stack.sidecar.stats()
+    layer_bytes = sum(layer.size for layer in big_image.layers)
+    assert sidecar_stats["uploaded_bytes"] <= 2 * layer_bytes
+    assert sidecar_stats["storage_read_bytes"] == layer_bytes
+    assert pushed_bytes == 0
+
+    for agent in stack.agents:
+        assert _cache_files_are_verified(agent.cache_dir) == []
+        assert list((agent.cache_dir / "tmp").iterdir()) == []
+    assert _cache_files_are_verified(stack.sidecar.cache_dir) == []
+    assert list((stack.sidecar.cache_dir / "tmp").iterdir()) == []
