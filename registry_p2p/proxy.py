@@ -5,6 +5,7 @@ neither decoded nor re-encoded (a gzip body stays gzip), redirects are not
 followed, and only hop-by-hop headers are dropped.
 """
 
+import hashlib
 import logging
 from urllib.parse import quote, urlsplit
 
@@ -64,11 +65,14 @@ def _request_body():
     return None
 
 
-def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None):
+def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None,
+                 expected_digest=None):
     """Send the current Flask request to ``url`` and stream the answer back.
 
     ``on_body_bytes(count)`` is called once the body has been sent (or the
-    client went away) with the bytes sent. Connection failures become
+    client went away) with the bytes sent. With ``expected_digest`` (hex
+    sha256), a complete 200 body is hashed as it streams and its last chunk
+    is withheld unless it matches. Connection failures become
     registry-style 502 errors naming the upstream.
     """
     headers = upstream_request_headers(extra_headers)
@@ -85,16 +89,51 @@ def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None):
                                 detail=f"{request.method} {_without_query(url)}: "
                                        f"{type(exc).__name__}") from None
 
-    return stream_response(upstream, on_body_bytes)
+    if upstream.status_code != 200:
+        expected_digest = None
+
+    return stream_response(upstream, on_body_bytes, expected_digest)
 
 
-def stream_response(upstream, on_body_bytes=None):
-    """Wrap an open ``requests`` response (stream=True) into a Flask Response."""
+class BodyDigestMismatch(Exception):
+    """A streamed blob did not hash to its digest; the connection is dropped."""
+
+
+def stream_response(upstream, on_body_bytes=None, expected_digest=None):
+    """Wrap an open ``requests`` response (stream=True) into a Flask Response.
+
+    With ``expected_digest``, each chunk is sent only once the next one has
+    arrived, and the final one only if the whole body hashes to the digest.
+    Otherwise BodyDigestMismatch is raised inside the WSGI iterator, which
+    makes the server drop the connection, so the client never receives a
+    complete body with wrong bytes.
+    """
+    def chunks():
+        return upstream.raw.stream(STREAM_CHUNK, decode_content=False)
+
+    def verified(source):
+        sha256 = hashlib.sha256()
+        held = None
+        for chunk in source:
+            sha256.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+
+        if sha256.hexdigest() != expected_digest:
+            log.error("blob from %s hashes to sha256:%s, expected sha256:%s; dropping the "
+                      "connection before its last bytes", _without_query(upstream.url),
+                      sha256.hexdigest(), expected_digest)
+            raise BodyDigestMismatch(expected_digest)
+        if held is not None:
+            yield held
+
     def body():
         sent = 0
         try:
             if request_method != "HEAD":
-                for chunk in upstream.raw.stream(STREAM_CHUNK, decode_content=False):
+                source = chunks() if expected_digest is None else verified(chunks())
+                for chunk in source:
                     sent += len(chunk)
                     yield chunk
         except (requests.RequestException, OSError) as exc:

@@ -3,6 +3,7 @@
 import logging
 
 from flask import Flask, Response, request
+from werkzeug.routing import PathConverter
 
 from registry_p2p import logs
 from registry_p2p.errors import RegistryHTTPError
@@ -20,9 +21,17 @@ def error_response(error):
     return response
 
 
+class _PathConverter(PathConverter):
+    # werkzeug's path converter stops at a newline, so a request for
+    # ".../blobs/sha256:<hex>%0A" would match no route and get a bare 404
+    # instead of DIGEST_INVALID.
+    regex = "[^/](?s:.*?)"
+
+
 def create_flask_app(name):
     """Return a Flask app that tags requests with an id and renders project errors."""
     app = Flask(name)
+    app.url_map.converters["path"] = _PathConverter
 
     @app.before_request
     def start_request():
