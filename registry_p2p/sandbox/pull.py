@@ -39,7 +39,7 @@ class PullResult:
         return self.manifest_status == 200 and all(blob.verified for blob in self.blobs)
 
 
-def _fetch_blob(http, url, digest, size, params, auth):
+def _fetch_blob(http, url, digest, size, params, auth, progress):
     sha256 = hashlib.sha256()
     received = 0
     with http.get(url, params=params, auth=auth, stream=True, timeout=300) as response:
@@ -47,16 +47,20 @@ def _fetch_blob(http, url, digest, size, params, auth):
             for chunk in response.iter_content(CHUNK):
                 sha256.update(chunk)
                 received += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
 
         return BlobResult(digest, size, response.status_code, received,
                           "sha256:" + sha256.hexdigest())
 
 
-def pull_image(agent_url, registry_name, repository, reference, auth=None, parallel=3):
+def pull_image(agent_url, registry_name, repository, reference, auth=None, parallel=3,
+               progress=None):
     """GET the manifest, then the config and every layer (``parallel`` at a time) via the agent.
 
     Requests carry ``?ns=<registry_name>`` the way containerd addresses a
-    mirror. Each blob is hashed as it streams in.
+    mirror. Each blob is hashed as it streams in; ``progress(byte_count)``
+    is called for every chunk received.
     """
     started = time.monotonic()
     params = {"ns": registry_name}
@@ -75,7 +79,7 @@ def pull_image(agent_url, registry_name, repository, reference, auth=None, paral
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = [
                 pool.submit(_fetch_blob, http, f"{agent_url}/v2/{repository}/blobs/{item['digest']}",
-                            item["digest"], item["size"], params, auth)
+                            item["digest"], item["size"], params, auth, progress)
                 for item in descriptors
             ]
             result.blobs = [future.result() for future in futures]
