@@ -8,12 +8,12 @@ from registry_p2p.errors import digest_invalid, name_invalid
 # and torrent layouts are keyed by its hex form.
 _DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})\Z")
 
-# Repository name grammar of distribution 2.8 (NameRegexp in
-# reference/regexp.go, which its handlers check with reference.WithName):
-# an optional host part such as "localhost:5000/" or "Host.example/", then
-# path components of lowercase alphanumerics joined by separators, split by
-# "/", at most 255 characters in all. The registry accepts names with the
-# host part, so a transparent proxy must accept them too.
+# Repository name grammar of distribution 2.8: NameRegexp in
+# reference/regexp.go, which its handlers check with reference.WithName.
+# A name is an optional host part such as "localhost:5000/" or
+# "Host.example/", then path components of lowercase alphanumerics joined
+# by separators and split by "/", at most 255 characters in all. The
+# registry accepts names with the host part, so the proxy must accept them.
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

@@ -1,0 +1,367 @@
+"""Unit tests of registry_p2p.config: defaults, the example files and validation."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from registry_p2p import config
+from registry_p2p.config import AGENT_OPTIONS, SIDECAR_OPTIONS, ConfigError, Registry
+
+OPTION_SETS = [
+    pytest.param(SIDECAR_OPTIONS, id="sidecar"),
+    pytest.param(AGENT_OPTIONS, id="agent"),
+]
+
+
+def flatten(document, prefix=""):
+    """Return the dotted keys of a parsed TOML document."""
+    keys = set()
+    for key, value in document.items():
+        if isinstance(value, dict):
+            keys |= flatten(value, prefix + key + ".")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
+def load_agent(text):
+    return config.load(AGENT_OPTIONS, text=text)
+
+
+def registries_error(text):
+    with pytest.raises(ConfigError) as caught:
+        load_agent(text)
+    return str(caught.value)
+
+
+# Defaults
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_defaults_load(options):
+    loaded = config.load(options)
+
+    assert loaded.source == "<defaults>"
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_defaults_match_declarations(options):
+    loaded = config.load(options)
+
+    for option in options:
+        assert loaded[option.key] == option.parse(option.default), option.key
+
+
+def test_default_cache_dir_is_path():
+    assert isinstance(config.load(SIDECAR_OPTIONS)["cache_dir"], Path)
+
+
+def test_default_timeout_is_float():
+    assert isinstance(config.load(SIDECAR_OPTIONS)["upstream_timeout"], float)
+
+
+def test_default_registries_empty():
+    assert config.load(AGENT_OPTIONS)["registries"] == ()
+
+
+# Example config
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_example_lists_every_option(options):
+    example = config.example_config(options, "example")
+    keys = flatten(tomllib.loads(example))
+
+    assert keys == {option.key for option in options if option.key != "registries"}
+
+
+def test_example_shows_registries_table():
+    example = config.example_config(AGENT_OPTIONS, "agent example")
+
+    assert "# [[registries]]" in example.splitlines()
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_example_has_help_for_every_option(options):
+    example = config.example_config(options, "example")
+    comments = [line.removeprefix("# ") for line in example.splitlines() if line.startswith("# ")]
+    comment_text = " ".join(" ".join(comments).split())
+
+    for option in options:
+        assert " ".join(option.help.split()) in comment_text, option.key
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_example_loads_to_defaults(options):
+    defaults = config.load(options)
+    loaded = config.load(options, text=config.example_config(options, "example"))
+
+    for option in options:
+        assert loaded[option.key] == defaults[option.key], option.key
+
+
+def test_example_registries_uncommented_load():
+    lines = config.example_config(AGENT_OPTIONS, "agent example").splitlines()
+    start = lines.index("# [[registries]]")
+    text = "\n".join(lines[:start] + [line.removeprefix("# ") for line in lines[start:]])
+
+    loaded = load_agent(text)
+
+    assert loaded["registries"] == (Registry(
+        name="registry.example.org",
+        url="https://registry.example.org",
+        sidecars=("http://registry-host-1.example.org:5050",),
+    ),)
+
+
+# Validation
+
+
+def test_config_file_values(tmp_path):
+    path = tmp_path / "sidecar.toml"
+    path.write_text('workers = 8\n[tracker]\ninterval = 10\n')
+
+    loaded = config.load(SIDECAR_OPTIONS, path)
+
+    assert (loaded["workers"], loaded["tracker.interval"]) == (8, 10)
+
+
+def test_config_file_source(tmp_path):
+    path = tmp_path / "sidecar.toml"
+    path.write_text("workers = 8\n")
+
+    assert config.load(SIDECAR_OPTIONS, path).source == str(path)
+
+
+def test_dotted_key_form():
+    loaded = config.load(SIDECAR_OPTIONS, text='tracker.interval = 10\n')
+
+    assert loaded["tracker.interval"] == 10
+
+
+def test_integer_seconds_become_float():
+    loaded = config.load(SIDECAR_OPTIONS, text="upstream_timeout = 5\n")
+
+    assert isinstance(loaded["upstream_timeout"], float)
+
+
+def test_ipv6_listen():
+    loaded = config.load(SIDECAR_OPTIONS, text='listen = "[::1]:5050"\n')
+
+    assert loaded["listen"] == ("::1", 5050)
+
+
+def test_url_trailing_slash_removed():
+    loaded = config.load(SIDECAR_OPTIONS, text='registry_url = "http://127.0.0.1:5000/"\n')
+
+    assert loaded["registry_url"] == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("text, key", [
+    pytest.param('listne = "127.0.0.1:5050"\n', "'listne'", id="top-level"),
+    pytest.param("[tracker]\nintervall = 5\n", "'tracker.intervall'", id="in-table"),
+    pytest.param("[tracker.extra]\nx = 1\n", "'tracker.extra.x'", id="nested-table"),
+    pytest.param("storage = 1\n", "'storage'", id="table-as-value"),
+])
+def test_unknown_key_named(text, key):
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, text=text)
+
+    assert key in str(caught.value)
+
+
+def test_agent_rejects_sidecar_key():
+    with pytest.raises(ConfigError):
+        load_agent("workers = 4\n")
+
+
+@pytest.fixture
+def bad_workers_file(tmp_path):
+    path = tmp_path / "sidecar.toml"
+    path.write_text('workers = "four"\n')
+    return path
+
+
+def test_wrong_type_names_file(bad_workers_file):
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, bad_workers_file)
+
+    assert str(bad_workers_file) in str(caught.value)
+
+
+def test_wrong_type_names_key(bad_workers_file):
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, bad_workers_file)
+
+    assert "'workers'" in str(caught.value)
+
+
+def test_wrong_type_names_value(bad_workers_file):
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, bad_workers_file)
+
+    assert "'four'" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("workers = 0\n", id="zero-workers"),
+    pytest.param("workers = true\n", id="bool-workers"),
+    pytest.param("workers = 2.5\n", id="float-workers"),
+    pytest.param('listen = "5050"\n', id="listen-without-host"),
+    pytest.param('listen = "127.0.0.1:99999"\n', id="listen-port-too-large"),
+    pytest.param("listen = 5050\n", id="listen-int"),
+    pytest.param('registry_url = "ftp://127.0.0.1"\n', id="url-scheme"),
+    pytest.param('registry_url = "http://"\n', id="url-without-host"),
+    pytest.param('registry_url = "http://127.0.0.1:5000/?x=1"\n', id="url-query"),
+    pytest.param('trackers = "http://127.0.0.1:5050/announce"\n', id="trackers-not-list"),
+    pytest.param('trackers = ["udp://127.0.0.1:6969"]\n', id="trackers-scheme"),
+    pytest.param('cache_dir = ""\n', id="empty-path"),
+    pytest.param('log_level = "verbose"\n', id="log-level"),
+    pytest.param("upstream_timeout = 0\n", id="zero-timeout"),
+    pytest.param("upstream_timeout = -1.5\n", id="negative-timeout"),
+    pytest.param('[storage]\ndriver = "s4"\n', id="storage-driver"),
+])
+def test_invalid_value(text):
+    with pytest.raises(ConfigError):
+        config.load(SIDECAR_OPTIONS, text=text)
+
+
+def test_invalid_toml_names_file(tmp_path):
+    path = tmp_path / "sidecar.toml"
+    path.write_text("workers = = 4\n")
+
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, path)
+
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_names_file(tmp_path):
+    path = tmp_path / "missing.toml"
+
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, path)
+
+    assert str(path) in str(caught.value)
+
+
+def test_replace():
+    loaded = config.load(SIDECAR_OPTIONS).replace(tracker__interval=5)
+
+    assert loaded["tracker.interval"] == 5
+
+
+def test_replace_unknown_key():
+    with pytest.raises(KeyError):
+        config.load(SIDECAR_OPTIONS).replace(tracker__intervall=5)
+
+
+# [[registries]]
+
+TWO_REGISTRIES = """
+[[registries]]
+name = "Registry.Example.org:5000"
+url = "https://registry.example.org:5000/"
+sidecars = ["http://127.0.0.1:5050", "http://127.0.0.2:5050/"]
+
+[[registries]]
+name = "mirror.example.org"
+url = "http://mirror.example.org"
+"""
+
+
+def test_registries_parsed():
+    loaded = load_agent(TWO_REGISTRIES)
+
+    assert loaded["registries"] == (
+        Registry(
+            name="registry.example.org:5000",
+            url="https://registry.example.org:5000",
+            sidecars=("http://127.0.0.1:5050", "http://127.0.0.2:5050"),
+        ),
+        Registry(name="mirror.example.org", url="http://mirror.example.org", sidecars=()),
+    )
+
+
+def test_registries_with_top_level_keys():
+    loaded = load_agent('default_registry = "mirror.example.org"\n' + TWO_REGISTRIES)
+
+    assert loaded["default_registry"] == "mirror.example.org"
+
+
+def test_registries_duplicate_names():
+    text = TWO_REGISTRIES.replace('"mirror.example.org"', '"registry.example.org:5000"', 1)
+
+    assert "unique" in registries_error(text)
+
+
+def test_registries_duplicate_names_ignore_case():
+    text = '''
+[[registries]]
+name = "registry.example.org"
+url = "https://registry.example.org"
+
+[[registries]]
+name = "REGISTRY.example.org"
+url = "https://registry.example.org"
+'''
+
+    assert "unique" in registries_error(text)
+
+
+def test_registries_missing_url():
+    text = '[[registries]]\nname = "registry.example.org"\n'
+
+    assert "registries[0]" in registries_error(text)
+
+
+def test_registries_missing_name():
+    text = '[[registries]]\nurl = "https://registry.example.org"\n'
+
+    assert "registries[0]" in registries_error(text)
+
+
+def test_registries_unknown_key_named():
+    text = TWO_REGISTRIES + 'sidecar = ["http://127.0.0.1:5050"]\n'
+
+    assert "'sidecar'" in registries_error(text)
+
+
+def test_registries_unknown_key_index():
+    text = TWO_REGISTRIES + 'sidecar = ["http://127.0.0.1:5050"]\n'
+
+    assert "registries[1]" in registries_error(text)
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://registry.example.org",
+    "registry.example.org",
+    "unix:///run/registry.sock",
+    "https://registry.example.org/#v2",
+])
+def test_registries_bad_url(url):
+    text = f'[[registries]]\nname = "registry.example.org"\nurl = "{url}"\n'
+
+    assert "registries[0]" in registries_error(text)
+
+
+def test_registries_bad_sidecar_url():
+    text = ('[[registries]]\nname = "registry.example.org"\n'
+            'url = "https://registry.example.org"\nsidecars = ["tcp://127.0.0.1:5050"]\n')
+
+    assert "registries[0]" in registries_error(text)
+
+
+@pytest.mark.parametrize("name", ["", "registry.example.org/library"])
+def test_registries_bad_name(name):
+    text = f'[[registries]]\nname = "{name}"\nurl = "https://registry.example.org"\n'
+
+    assert "registries[0]" in registries_error(text)
+
+
+def test_registries_single_table():
+    text = '[registries]\nname = "registry.example.org"\nurl = "https://registry.example.org"\n'
+
+    with pytest.raises(ConfigError):
+        load_agent(text)
