@@ -1,6 +1,7 @@
 """The ``registry-p2p`` command."""
 
 import argparse
+import faulthandler
 import logging
 import sys
 
@@ -86,6 +87,9 @@ def build_parser():
 
 
 def main(argv=None):
+    # A crash inside libtorrent then leaves every thread's Python stack in
+    # the log.
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -10,7 +10,9 @@ Runs on libtorrent 2.0.8 (Debian bookworm) and 2.1.x (PyPI).
 
 import concurrent.futures
 import logging
+import os
 import queue
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,6 +70,21 @@ def peer_fingerprint(role):
     return f"-R{role}{major}{minor}{patch}0-"[:8]
 
 
+def _pipe():
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _limit_every_peer(session):
     """Put every peer in the global peer class, whose rate limits are the session's.
 
@@ -91,8 +108,8 @@ class TorrentSession:
         self.upload_rate_limit = upload_rate_limit
         self.extra_settings = dict(settings or {})
         self._commands = queue.Queue()
+        self._wakeup_read, self._wakeup_write = _pipe()
         self._downloads = {}
-        self._pending_moves = {}
         self._pending_removals = {}
         self._counters = {"net.sent_payload_bytes": 0, "net.recv_payload_bytes": 0}
         self._metric_index = {}
@@ -102,11 +119,12 @@ class TorrentSession:
         self._thread = threading.Thread(target=self._run, name="libtorrent-owner", daemon=True)
         self._alert_handlers = {
             lt.torrent_finished_alert: self._on_torrent_finished,
+            lt.cache_flushed_alert: self._on_cache_flushed,
             lt.torrent_error_alert: self._on_torrent_error,
             lt.file_error_alert: self._on_torrent_error,
-            lt.storage_moved_alert: self._on_storage_moved,
-            lt.storage_moved_failed_alert: self._on_storage_moved_failed,
             lt.torrent_removed_alert: self._on_torrent_removed,
+            lt.torrent_deleted_alert: self._on_torrent_deleted,
+            lt.torrent_delete_failed_alert: self._on_torrent_delete_failed,
             lt.hash_failed_alert: self._on_hash_failed,
             lt.tracker_error_alert: self._on_tracker_error,
             lt.listen_failed_alert: self._on_listen_failed,
@@ -138,6 +156,10 @@ class TorrentSession:
             return future
 
         self._commands.put((function, future))
+        try:
+            os.write(self._wakeup_write, b"\0")
+        except BlockingIOError:
+            pass  # The pipe is full, so the owner thread is awake anyway.
 
         return future
 
@@ -155,12 +177,20 @@ class TorrentSession:
             self._ready.set()
             return
 
+        # wait_for_alert() is not used: its binding converts a pointer into
+        # the alert queue while libtorrent's threads may grow that queue,
+        # which crashed 2.0.8. libtorrent writes to the alert pipe when
+        # alerts arrive instead, and submit() writes to the wakeup pipe.
+        alert_read, alert_write = _pipe()
+        session.set_alert_fd(alert_write)
         self._ready.set()
         last_poll = 0.0
         while not self._stopping.is_set():
-            self._run_commands(session)
+            ready, _, _ = select.select([alert_read, self._wakeup_read], [], [], POLL_INTERVAL)
+            for fd in ready:
+                _drain(fd)
 
-            session.wait_for_alert(100)
+            self._run_commands(session)
             for alert in session.pop_alerts():
                 handler = self._alert_handlers.get(type(alert))
                 if handler is not None:
@@ -172,6 +202,8 @@ class TorrentSession:
                 last_poll = time.monotonic()
 
         self._shutdown(session)
+        for fd in (alert_read, alert_write):
+            os.close(fd)
 
     def _run_commands(self, session):
         while True:
@@ -274,21 +306,13 @@ class TorrentSession:
 
         return self.submit(add)
 
-    def move_storage(self, info_hash, save_path):
-        """Move a torrent's file to another directory; the Future resolves when it is moved."""
-        done = concurrent.futures.Future()
-
-        def move(session):
-            handle = self._handle(session, info_hash)
-            self._pending_moves[info_hash] = done
-            handle.move_storage(str(save_path))
-
-        self._chain(self.submit(move), done)
-
-        return done
-
     def remove(self, info_hash, delete_files=False):
-        """Remove a torrent; the Future resolves once libtorrent has released it."""
+        """Remove a torrent; the Future resolves once libtorrent has released it.
+
+        With ``delete_files``, it resolves only after the file is deleted (or
+        deleting it failed), so a new download of the same blob cannot have
+        its file removed by a late deletion.
+        """
         done = concurrent.futures.Future()
 
         def remove(session):
@@ -297,7 +321,7 @@ class TorrentSession:
                 done.set_result(False)
                 return
             self._downloads.pop(info_hash, None)
-            self._pending_removals[info_hash] = done
+            self._pending_removals[info_hash] = (done, delete_files)
             flags = lt.session.delete_files if delete_files else 0
             session.remove_torrent(handle, flags)
 
@@ -371,13 +395,20 @@ class TorrentSession:
     # Alert handlers (owner thread)
 
     def _on_torrent_finished(self, alert):
-        info_hash = str(alert.handle.info_hash())
-        download = self._downloads.get(info_hash)
+        download = self._downloads.get(str(alert.handle.info_hash()))
         if download is None:
             return
 
+        # Every piece has passed its hash check, but libtorrent 2.0 may
+        # still hold some in its store buffer: the file is complete only
+        # once the flush is reported.
         download.total_done = download.length
-        download.finished.set()
+        alert.handle.flush_cache()
+
+    def _on_cache_flushed(self, alert):
+        download = self._downloads.get(str(alert.handle.info_hash()))
+        if download is not None and download.total_done == download.length:
+            download.finished.set()
 
     def _on_block_finished(self, alert):
         download = self._downloads.get(str(alert.handle.info_hash()))
@@ -400,23 +431,20 @@ class TorrentSession:
             download.error = alert.message()
             download.finished.set()
 
-    def _on_storage_moved(self, alert):
-        future = self._pending_moves.pop(str(alert.handle.info_hash()), None)
-        if future is not None:
-            future.set_result(True)
-
-    def _on_storage_moved_failed(self, alert):
-        info_hash = str(alert.handle.info_hash())
-        log.error("moving torrent %s failed: %s", info_hash, alert.message())
-        future = self._pending_moves.pop(info_hash, None)
-        if future is not None:
-            future.set_exception(P2PError(f"moving torrent {info_hash} failed: {alert.message()}"))
-
     def _on_torrent_removed(self, alert):
-        info_hash = str(alert.info_hash) if hasattr(alert, "info_hash") else ""
-        future = self._pending_removals.pop(info_hash, None)
-        if future is not None:
-            future.set_result(True)
+        pending = self._pending_removals.get(str(alert.info_hash))
+        if pending is not None and not pending[1]:
+            del self._pending_removals[str(alert.info_hash)]
+            pending[0].set_result(True)
+
+    def _on_torrent_deleted(self, alert):
+        pending = self._pending_removals.pop(str(alert.info_hash), None)
+        if pending is not None:
+            pending[0].set_result(True)
+
+    def _on_torrent_delete_failed(self, alert):
+        log.error("deleting the file of torrent %s failed: %s", alert.info_hash, alert.message())
+        self._on_torrent_deleted(alert)
 
     def _on_hash_failed(self, alert):
         log.warning("piece %d of torrent %s failed its hash check; its peers sent bad data",

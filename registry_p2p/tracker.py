@@ -161,7 +161,7 @@ class PeerTable:
             if request.event == "stopped":
                 peers = []
             elif is_origin(request.peer_id):
-                peers = swarm.assigned_leechers()
+                peers = self._leechers_for_origin(swarm)
             else:
                 peers = self._peers_for_node(swarm, request)
 
@@ -169,6 +169,22 @@ class PeerTable:
                 del self._swarms[request.info_hash]
 
         return peers[:request.numwant]
+
+    def _leechers_for_origin(self, swarm):
+        """Return the leechers assigned to the origin, first filling free slots.
+
+        A leecher that announced before the origin did got no origin; the
+        origin's own announce assigns it, so the origin connects to it
+        instead of both waiting for the next announce interval.
+        """
+        if not swarm.has_node_seed():
+            waiting = [peer_id for peer_id, peer in swarm.peers.items()
+                       if peer.left > 0 and not is_origin(peer_id)
+                       and peer_id not in swarm.origin_assigned]
+            free = max(0, self.origin_fanout - len(swarm.origin_assigned))
+            swarm.origin_assigned.update(waiting[:free])
+
+        return swarm.assigned_leechers()
 
     def _peers_for_node(self, swarm, request):
         others = [
@@ -186,11 +202,9 @@ class PeerTable:
         # A node that already has the whole blob serves it as well as the
         # origin does, so a new leecher gets the origin only while no node
         # has completed.
-        has_node_seed = any(peer.left == 0 and not is_origin(peer_id)
-                            for peer_id, peer in swarm.peers.items())
         assigned = swarm.origin_assigned
         if request.peer_id in assigned or (len(assigned) < self.origin_fanout
-                                           and not has_node_seed):
+                                           and not swarm.has_node_seed()):
             assigned.add(request.peer_id)
             return origins + others
 
@@ -238,6 +252,10 @@ class _Swarm:
         stale = [peer_id for peer_id, peer in self.peers.items() if now - peer.last_seen > ttl]
         for peer_id in stale:
             self.remove(peer_id)
+
+    def has_node_seed(self):
+        return any(peer.left == 0 and not is_origin(peer_id)
+                   for peer_id, peer in self.peers.items())
 
     def assigned_leechers(self):
         return [(self.peers[peer_id].ip, self.peers[peer_id].port)

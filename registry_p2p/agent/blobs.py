@@ -8,7 +8,6 @@ registry, so the P2P layer never fails a pull.
 import concurrent.futures
 import hashlib
 import logging
-import shutil
 import threading
 import time
 
@@ -83,7 +82,7 @@ class BlobService:
         if size is None:
             # The registry rejected the credentials or does not have the
             # blob: the client gets the registry's own answer and body.
-            return self._from_registry(registry, hex_digest, upstream_target, fallback=False)
+            return pass_through(self.http, registry.url + upstream_target, self.timeout)
 
         if self.cache.load_info(hex_digest) is not None:
             self.stats.record(hex_digest, from_cache=size, source="cache")
@@ -177,23 +176,26 @@ class BlobService:
         raw = self._metainfo(registry, repository, digest, authorization)
         metainfo = torrent.parse_metainfo(raw, hex_digest, size)
 
-        download_dir = self.cache.tmp_dir / f"{hex_digest}.download"
-        shutil.rmtree(download_dir, ignore_errors=True)
-        download_dir.mkdir()
+        # libtorrent writes straight to the blob's place in the cache. The
+        # cache treats a blob as present only once its .info file exists,
+        # which is written after the sha256 check, and deletes data without
+        # .info at start. (Moving the file after the check with
+        # move_storage crashed libtorrent 2.0.8 when two downloads finished
+        # at once.)
+        save_path = self.cache.save_path(hex_digest)
+        save_path.mkdir(parents=True, exist_ok=True)
+        self.cache.data_path(hex_digest).unlink(missing_ok=True)
         download = None
         try:
-            download = self.session.add_download(raw, download_dir, size).result(30)
+            download = self.session.add_download(raw, save_path, size).result(30)
             self._wait(download, digest)
-            self._verify(download_dir / hex_digest, hex_digest)
-            self.session.move_storage(download.info_hash, self.cache.save_path(hex_digest)) \
-                .result(60)
+            self._verify(self.cache.data_path(hex_digest), hex_digest)
             self.cache.write_info(hex_digest, torrent.build_info(hex_digest, size, metainfo.pieces))
         except BaseException:
             if download is not None:
                 self._discard(download.info_hash, digest)
+            self.cache.data_path(hex_digest).unlink(missing_ok=True)
             raise
-        finally:
-            shutil.rmtree(download_dir, ignore_errors=True)
 
         from_sidecars = sum(received for client, received in download.bytes_by_client.items()
                             if client.startswith(SIDECAR_FINGERPRINT))

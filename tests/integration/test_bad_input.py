@@ -205,6 +205,7 @@ def test_credentials_checked_for_every_blob(make_stack, small_image, http):
     assert wrong.status_code == 401
     assert metainfo_anonymous.status_code == 401
     assert allowed.complete
-    assert agent.stats()["blobs"][layer.digest.split(":", 1)[1]]["source"] == "p2p"
+    blob_stats = agent.stats()["blobs"][layer.digest.split(":", 1)[1]]
+    assert blob_stats["source"] == "p2p", blob_stats
     assert anonymous_after_cache.status_code == 401
     assert layer.size > len(anonymous_after_cache.content)

@@ -52,7 +52,7 @@ def test_docker_pull_through_agent_proxy(tmp_path, small_image):
 
             assert result.returncode == 0, result.stderr
             assert f"{registry.hostport}/{REPOSITORY}:v1" in images.split()
-            assert _p2p_layers(agent, small_image) == _big_layers(small_image)
+            assert _p2p_layers(agent, small_image) == _big_layers(small_image), agent.stats()
         finally:
             for service in services:
                 service.stop()
@@ -73,7 +73,7 @@ def test_ctr_pull_through_agent_mirror(make_stack, small_image, tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert reference in names
-    assert _p2p_layers(agent, small_image) == _big_layers(small_image)
+    assert _p2p_layers(agent, small_image) == _big_layers(small_image), agent.stats()
 
 
 def test_aria2_downloads_with_sidecar_torrent(make_stack, small_image, http, tmp_path):

@@ -547,6 +547,22 @@ def test_origin_learns_assigned_leechers(table):
     assert table.announce(origin_request()) == [address(1)]
 
 
+def test_late_origin_assigned_waiting_leecher(table):
+    # The leecher announced before the seeder had the torrent; the seeder's
+    # first announce hands it that leecher, so neither waits an interval.
+    table.announce(request(1))
+    table.announce(request(2))
+
+    assert table.announce(origin_request()) == [address(1)]
+
+
+def test_late_origin_not_given_leechers_after_node_seed(table):
+    table.announce(request(1, left=0))
+    table.announce(request(2))
+
+    assert table.announce(origin_request()) == []
+
+
 def test_origin_not_given_to_seed(table):
     table.announce(origin_request())
     table.announce(request(1))
