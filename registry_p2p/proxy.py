@@ -67,7 +67,7 @@ def _request_body():
 
 def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None,
                  expected_digest=None):
-    """Send the current Flask request to ``url`` and stream the answer back.
+    """Send the current Flask request to ``url`` and stream the response back.
 
     ``on_body_bytes(count)`` is called once the body has been sent (or the
     client went away) with the bytes sent. With ``expected_digest`` (hex

@@ -1,7 +1,7 @@
 """BitTorrent HTTP tracker logic (BEP 3, compact replies per BEP 23).
 
 Pure functions and an in-memory peer table; the sidecar's seeder process
-holds the one table of its host and its web workers forward announces to
+keeps the one table of its host and its web workers forward announces to
 it.
 """
 

@@ -24,29 +24,49 @@ SIDECAR_FINGERPRINT = "-RS"
 HASH_CHUNK = 1024 * 1024
 
 
+COUNTERS = ("from_sidecars", "from_peers", "from_registry", "from_cache", "fallbacks")
+
+
 class BlobStats:
     """Per-blob record of where the agent got each blob's bytes."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.blobs = {}
-        self.totals = {"from_sidecars": 0, "from_peers": 0, "from_registry": 0,
-                       "from_cache": 0, "fallbacks": 0}
+        self.downloads = {}
 
     def record(self, hex_digest, **values):
+        """Add to the blob's counters (COUNTERS) and set its other fields."""
         with self._lock:
             entry = self.blobs.setdefault(hex_digest, {})
             for key, value in values.items():
-                if key in self.totals:
-                    self.totals[key] += value
-                    entry[key] = entry.get(key, 0) + value
-                else:
-                    entry[key] = value
+                entry[key] = entry.get(key, 0) + value if key in COUNTERS else value
+
+    def record_download(self, hex_digest, download, **values):
+        """Attach a finished Download, whose per-peer counts are read at each snapshot.
+
+        libtorrent 2.1 can report the last blocks of a torrent after it
+        reported the torrent finished, so the counts are not final yet.
+        """
+        self.record(hex_digest, **values)
+        with self._lock:
+            self.downloads[hex_digest] = download
 
     def snapshot(self):
         with self._lock:
-            return {"totals": dict(self.totals),
-                    "blobs": {key: dict(value) for key, value in self.blobs.items()}}
+            blobs = {key: dict(value) for key, value in self.blobs.items()}
+            downloads = dict(self.downloads)
+
+        for hex_digest, download in downloads.items():
+            received = dict(download.bytes_by_client)
+            from_sidecars = sum(count for client, count in received.items()
+                                if client.startswith(SIDECAR_FINGERPRINT))
+            blobs[hex_digest]["from_sidecars"] = from_sidecars
+            blobs[hex_digest]["from_peers"] = sum(received.values()) - from_sidecars
+
+        totals = {key: sum(entry.get(key, 0) for entry in blobs.values()) for key in COUNTERS}
+
+        return {"totals": totals, "blobs": blobs}
 
 
 class BlobService:
@@ -81,7 +101,7 @@ class BlobService:
         size = self._authorize(registry, repository, digest, authorization)
         if size is None:
             # The registry rejected the credentials or does not have the
-            # blob: the client gets the registry's own answer and body.
+            # blob: the client gets the registry's own response and body.
             return pass_through(self.http, registry.url + upstream_target, self.timeout)
 
         if self.cache.load_info(hex_digest) is not None:
@@ -114,8 +134,8 @@ class BlobService:
                               f"{type(exc).__name__}") from None
 
         if response.status_code != 200:
-            log.info("registry %s answered HEAD %s@%s with %d", registry.name, repository,
-                     digest, response.status_code)
+            log.info("registry %s returned %d for HEAD %s@%s", registry.name,
+                     response.status_code, repository, digest)
             return None
 
         try:
@@ -197,14 +217,10 @@ class BlobService:
             self.cache.data_path(hex_digest).unlink(missing_ok=True)
             raise
 
-        from_sidecars = sum(received for client, received in download.bytes_by_client.items()
-                            if client.startswith(SIDECAR_FINGERPRINT))
-        self.stats.record(hex_digest, source="p2p", repository=repository, size=size,
-                          from_sidecars=from_sidecars,
-                          from_peers=sum(download.bytes_by_client.values()) - from_sidecars,
-                          seconds=round(time.monotonic() - started, 3))
-        log.info("fetched %s (%d bytes) over BitTorrent in %.2f s: %d bytes from sidecars",
-                 digest, size, time.monotonic() - started, from_sidecars)
+        seconds = time.monotonic() - started
+        self.stats.record_download(hex_digest, download, source="p2p", repository=repository,
+                                   size=size, seconds=round(seconds, 3))
+        log.info("fetched %s (%d bytes) over BitTorrent in %.2f s", digest, size, seconds)
 
     def _metainfo(self, registry, repository, digest, authorization):
         headers = {"Authorization": authorization} if authorization else {}

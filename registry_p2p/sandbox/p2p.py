@@ -44,7 +44,9 @@ def _environment():
 class _Service:
     name = "service"
 
-    def __init__(self, workdir, host="127.0.0.1", netns=None):
+    def __init__(self, workdir, host="127.0.0.1", netns=None, python=None):
+        """``python`` is the interpreter to run it with, this one by default."""
+        self.python = python or sys.executable
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -61,7 +63,7 @@ class _Service:
 
     def start(self):
         self.process = ManagedProcess(
-            self.name, [sys.executable, "-m", "registry_p2p", self.name, "-c",
+            self.name, [self.python, "-m", "registry_p2p", self.name, "-c",
                         str(self.config_path)],
             self.workdir / f"{self.name}.log", env=_environment(), netns=self.netns)
         self.process.start()
@@ -111,9 +113,10 @@ class SidecarService(_Service):
 class AgentService(_Service):
     name = "agent"
 
-    def __init__(self, workdir, registries, host="127.0.0.1", netns=None, **options):
+    def __init__(self, workdir, registries, host="127.0.0.1", netns=None, python=None,
+                 **options):
         """``registries`` is a list of dicts with name, url and sidecars."""
-        super().__init__(workdir, host, netns)
+        super().__init__(workdir, host, netns, python)
         p2p = {"stall_timeout": options.pop("stall_timeout", 20),
                "min_blob_size": options.pop("min_blob_size", 1024 * 1024)}
         top = {

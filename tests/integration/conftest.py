@@ -4,6 +4,7 @@ Every component is a separate process started here and stopped at the end
 of its scope. A missing binary fails the test with the package to install.
 """
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,31 @@ REAL_FILE_LAYERS = [
 ]
 
 
+MIN_REAL_FILE_BYTES = 200 * 1000 * 1000
+
+
+def _uncompressed_size(layout_dir, digest):
+    hex_digest = digest.split(":", 1)[1]
+    size = 0
+    with gzip.open(layout_dir / "blobs" / "sha256" / hex_digest) as layer:
+        while chunk := layer.read(1024 * 1024):
+            size += len(chunk)
+    return size
+
+
 @pytest.fixture(scope="session")
 def big_image(tmp_path_factory):
     layers = [DirectoryLayer(paths, max_bytes) for paths, max_bytes in REAL_FILE_LAYERS]
     layers.append(RandomLayer(8 * 1024 * 1024, seed=7))
-    return build_image(tmp_path_factory.mktemp("big-image"), layers)
+    image = build_image(tmp_path_factory.mktemp("big-image"), layers)
+
+    # The directories must have supplied enough files, or the test would
+    # pull a much smaller image than it claims.
+    real_files = sum(_uncompressed_size(image.layout_dir, layer.digest)
+                     for layer in image.layers[:len(REAL_FILE_LAYERS)])
+    assert real_files >= MIN_REAL_FILE_BYTES, f"only {real_files} bytes of real files"
+
+    return image
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Bad requests, hostile configurations and failures, against real components.
 
-Each case checks the answer the client gets and that no cache keeps a
+Each case checks the response the client gets and that no cache keeps a
 partial or unverified file.
 """
 

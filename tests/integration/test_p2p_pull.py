@@ -1,17 +1,21 @@
 """Three agents pull a 230 MB image from a real docker-registry over BitTorrent."""
 
 import hashlib
+import os
+import subprocess
 import threading
 import time
 
 import pytest
 
 from registry_p2p.sandbox.image import push_image
+from registry_p2p.sandbox.p2p import AgentService
 from registry_p2p.sandbox.pull import pull_image
 
 pytestmark = pytest.mark.integration
 
 REPOSITORY = "p2p/app"
+PYPI_PYTHON_VARIABLE = "REGISTRY_P2P_PYPI_PYTHON"
 # The registry logs a request only after the response is written.
 LOG_SETTLE_SECONDS = 2.0
 
@@ -84,3 +88,33 @@ def test_three_agents_share_layers(make_stack, big_image):
         assert list((agent.cache_dir / "tmp").iterdir()) == []
     assert _cache_files_are_verified(stack.sidecar.cache_dir) == []
     assert list((stack.sidecar.cache_dir / "tmp").iterdir()) == []
+
+
+def test_mixed_libtorrent_versions_share(make_stack, small_image, tmp_path):
+    """An agent on PyPI's libraries and one on Debian's share a swarm with the sidecar."""
+    pypi_python = os.environ.get(PYPI_PYTHON_VARIABLE)
+    assert pypi_python, (f"{PYPI_PYTHON_VARIABLE} must name a python with PyPI's libtorrent, "
+                         f"flask and gunicorn; ./bootstrap test sets it")
+    stack = make_stack(agent_count=1)
+    push_image(small_image, f"{stack.registry.hostport}/{REPOSITORY}:v1")
+    entry = {"name": stack.registry.hostport, "url": stack.registry.url,
+             "sidecars": [stack.sidecar.url]}
+    pypi_agent = AgentService(tmp_path / "pypi-agent", [entry], python=pypi_python)
+    stack.agents.append(pypi_agent)
+    pypi_agent.start()
+    pypi_version = subprocess.run(
+        [pypi_python, "-c", "import libtorrent; print(libtorrent.__version__)"],
+        capture_output=True, text=True, check=True).stdout.strip()
+
+    results = _pull_everywhere(stack, "v1")
+
+    assert not pypi_version.startswith("2.0."), pypi_version
+    for agent in stack.agents:
+        assert results[agent.url].complete, results[agent.url]
+    agent_stats = [agent.stats() for agent in stack.agents]
+    for layer in small_image.layers:
+        if layer.size < 1024 * 1024:
+            continue
+        hex_digest = layer.digest.split(":", 1)[1]
+        for stats in agent_stats:
+            assert stats["blobs"][hex_digest]["source"] == "p2p", stats["blobs"][hex_digest]
