@@ -2,11 +2,10 @@
 
 import logging
 
-import requests
-
 from registry_p2p import digest as digests
 from registry_p2p.errors import (BlobNotFound, DigestMismatch, RegistryHTTPError, StorageError,
                                  blob_unknown, unavailable)
+from registry_p2p.registry_api import head_blob
 from sidecar.seeder import blob_metainfo
 
 log = logging.getLogger(__name__)
@@ -49,15 +48,8 @@ class Origin:
 
     def _authorize(self, repository, digest, authorization):
         """HEAD the blob with the caller's credentials; return its size."""
-        url = f"{self.registry_url}/v2/{repository}/blobs/{digest}"
-        headers = {"Authorization": authorization} if authorization else {}
-        try:
-            response = self.http.head(url, headers=headers, timeout=self.timeout,
-                                      allow_redirects=False)
-        except requests.RequestException as exc:
-            log.warning("registry unreachable for HEAD %s: %s", url, exc)
-            raise unavailable(f"registry unreachable: {type(exc).__name__}") from None
-
+        response = head_blob(self.http, self.registry_url, repository, digest, authorization,
+                             self.timeout)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate")
             raise RegistryHTTPError(401, "UNAUTHORIZED", "authentication required",

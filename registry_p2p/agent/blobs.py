@@ -15,8 +15,9 @@ import requests
 from flask import request, send_file
 
 from registry_p2p import torrent
-from registry_p2p.errors import P2PError, unavailable
+from registry_p2p.errors import P2PError
 from registry_p2p.proxy import pass_through
+from registry_p2p.registry_api import head_blob
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,8 @@ class BlobService:
 
     def _authorize(self, registry, repository, digest, authorization):
         """HEAD the blob upstream with the client's credentials; its size, or None if refused."""
-        url = f"{registry.url}/v2/{repository}/blobs/{digest}"
-        headers = {"Authorization": authorization} if authorization else {}
-        try:
-            response = self.http.head(url, headers=headers, timeout=self.timeout,
-                                      allow_redirects=False)
-        except requests.RequestException as exc:
-            log.warning("registry %s unreachable for HEAD %s: %s", registry.name, url, exc)
-            raise unavailable(f"registry {registry.name} unreachable: "
-                              f"{type(exc).__name__}") from None
-
+        response = head_blob(self.http, registry.url, repository, digest, authorization,
+                             self.timeout)
         if response.status_code != 200:
             log.info("registry %s returned %d for HEAD %s@%s", registry.name,
                      response.status_code, repository, digest)

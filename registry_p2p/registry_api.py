@@ -1,0 +1,25 @@
+"""Requests that registry-p2p itself sends to a registry's API."""
+
+import logging
+
+import requests
+
+from registry_p2p.errors import unavailable
+
+log = logging.getLogger(__name__)
+
+
+def head_blob(http, registry_url, repository, digest, authorization, timeout):
+    """Send ``HEAD /v2/<repository>/blobs/<digest>`` with the client's Authorization.
+
+    This is how the agent and the sidecar ask the registry whether a client
+    may read a blob. Returns the response, whatever its status; a connection
+    failure raises RegistryHTTPError 503 UNAVAILABLE.
+    """
+    url = f"{registry_url}/v2/{repository}/blobs/{digest}"
+    headers = {"Authorization": authorization} if authorization else {}
+    try:
+        return http.head(url, headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        log.warning("registry unreachable for HEAD %s: %s", url, exc)
+        raise unavailable(f"registry {registry_url} unreachable: {type(exc).__name__}") from None
