@@ -161,6 +161,10 @@ SIDECAR_OPTIONS = (
            "The registry's storage.filesystem.rootdirectory."),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
            "Address and port on which the seeder accepts BitTorrent peers."),
+    Option("torrent.upload_rate_limit", non_negative_int, 0,
+           "Bytes per second that the seeder uploads in all, to keep bandwidth "
+           "for the registry itself; 0 is unlimited. Applies to peers on local "
+           "networks too."),
     Option("tracker.interval", positive_int, 30,
            "Seconds between announces that the tracker asks peers for."),
     Option("tracker.origin_fanout", positive_int, 1,

@@ -102,12 +102,13 @@ def _limit_every_peer(session):
 class TorrentSession:
     """A libtorrent session driven by one owner thread."""
 
-    def __init__(self, listen_host, listen_port, role, upload_rate_limit=0, settings=None):
+    def __init__(self, listen_host, listen_port, role, upload_rate_limit=0):
+        """``role`` is "S" (sidecar seeder) or "A" (agent); ``upload_rate_limit`` is in bytes/s."""
         self.listen_host = listen_host
         self.requested_port = listen_port
         self.fingerprint = peer_fingerprint(role)
         self.upload_rate_limit = upload_rate_limit
-        self.extra_settings = dict(settings or {})
+
         self._commands = queue.Queue()
         self._wakeup_read, self._wakeup_write = _pipe()
         self._downloads = {}
@@ -118,6 +119,7 @@ class TorrentSession:
         self._ready = threading.Event()
         self._start_error = None
         self._thread = threading.Thread(target=self._run, name="libtorrent-owner", daemon=True)
+
         self._alert_handlers = {
             lt.torrent_finished_alert: self._on_torrent_finished,
             lt.cache_flushed_alert: self._on_cache_flushed,
@@ -166,7 +168,7 @@ class TorrentSession:
 
     def _run(self):
         try:
-            session = lt.session({**self._settings(), **self.extra_settings})
+            session = lt.session(self._settings())
             if self.upload_rate_limit:
                 _limit_every_peer(session)
             self._metric_index = {metric.name: metric.value_index

@@ -45,7 +45,8 @@ class Seeder:
         self.config = config
         self.cache = BlobCache(config["cache_dir"])
         host, port = config["torrent.listen"]
-        self.session = TorrentSession(host, port, role="S")
+        self.session = TorrentSession(host, port, role="S",
+                                      upload_rate_limit=config["torrent.upload_rate_limit"])
         self.peers = PeerTable(ttl=config["tracker.peer_ttl"],
                                origin_fanout=config["tracker.origin_fanout"])
         self.trackers = tracker_urls(config)
