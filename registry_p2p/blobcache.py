@@ -63,11 +63,22 @@ class BlobCache:
         return self.save_path(hex_digest) / f"{hex_digest}.info"
 
     def load_info(self, hex_digest):
-        """Return the info dictionary (bytes keys) of a cached blob, or None."""
+        """Return the info dictionary (bytes keys) of a complete cached blob, or None.
+
+        An info file whose data file is gone (deleted by hand, say) counts
+        as not cached, so the blob is fetched again instead of failing.
+        """
         try:
-            return bdecode(self.info_path(hex_digest).read_bytes())
+            info = bdecode(self.info_path(hex_digest).read_bytes())
         except FileNotFoundError:
             return None
+
+        if not self.data_path(hex_digest).exists():
+            log.warning("blob sha256:%s has an info file but no data; treating it as not cached",
+                        hex_digest)
+            return None
+
+        return info
 
     def cached_digests(self):
         """Yield the hex digest of every complete blob in the cache."""

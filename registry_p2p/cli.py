@@ -6,6 +6,7 @@ import logging
 import sys
 
 from registry_p2p import __version__, config as configuration, logs
+from registry_p2p.agent.upstreams import Upstreams
 from registry_p2p.errors import RegistryP2PError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def _example_config(args):
 
 def _check_config(args):
     options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
-    configuration.load(options[args.process], args.config)
+    config = configuration.load(options[args.process], args.config)
+    if args.process == "agent":
+        Upstreams(config["registries"], config["default_registry"])
     print(f"{args.config}: valid {args.process} configuration")
 
 

@@ -6,6 +6,7 @@ typo fails at start instead of being ignored. ``example_config`` renders
 the commented example files shipped in ``etc/``.
 """
 
+import os
 import textwrap
 import tomllib
 from dataclasses import dataclass
@@ -227,6 +228,15 @@ class Config:
                 raise KeyError(key)
             values[key] = value
         return Config(values, self.source)
+
+
+def create_cache_dir(path):
+    """Create a cache directory (mode 0750) or raise ConfigError saying why not."""
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create cache_dir {path}: {exc.strerror}; create it or "
+                          f"set cache_dir to a writable directory") from None
 
 
 def load(options, config_path=None, text=None):

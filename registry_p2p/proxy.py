@@ -54,10 +54,29 @@ def upstream_request_headers(extra=None):
     return headers
 
 
+class _SizedBody:
+    """A request body of known length.
+
+    requests sends a file-like body of unknown length chunked, even next to
+    an explicit Content-Length, which registries reject; a ``__len__`` makes
+    it send the bytes as they are.
+    """
+
+    def __init__(self, stream, length):
+        self._stream = stream
+        self._length = length
+
+    def __len__(self):
+        return self._length
+
+    def read(self, size=-1):
+        return self._stream.read(size)
+
+
 def _request_body():
     """Return the request body as something requests can stream, or None."""
     if request.content_length:
-        return request.stream
+        return _SizedBody(request.stream, request.content_length)
 
     if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
         return iter(lambda: request.stream.read(STREAM_CHUNK), b"")
@@ -77,8 +96,6 @@ def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None,
     """
     headers = upstream_request_headers(extra_headers)
     body = _request_body()
-    if body is not None and request.content_length:
-        headers["Content-Length"] = str(request.content_length)
 
     try:
         upstream = http.request(request.method, url, headers=headers, data=body,

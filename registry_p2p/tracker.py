@@ -8,6 +8,7 @@ it.
 import ipaddress
 import logging
 import random
+import re
 import struct
 import threading
 import time
@@ -89,6 +90,9 @@ def parse_announce(raw_query, remote_addr):
     )
 
 
+_INTEGER_RE = re.compile(rb"-?[0-9]{1,20}")
+
+
 def _int_param(params, name, default):
     raw = params.get(name)
     if raw is None or raw == b"":
@@ -96,10 +100,11 @@ def _int_param(params, name, default):
             return None
         return default
 
-    try:
-        return int(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise AnnounceError(f"{name} must be an integer, got {raw!r}") from None
+    # int() would also take "6_881", " 6881" or "+6881".
+    if _INTEGER_RE.fullmatch(raw) is None:
+        raise AnnounceError(f"{name} must be an integer, got {raw!r}")
+
+    return int(raw)
 
 
 def failure_reply(reason):

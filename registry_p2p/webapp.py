@@ -3,12 +3,16 @@
 import logging
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from registry_p2p import logs
 from registry_p2p.errors import RegistryHTTPError
 
 log = logging.getLogger(__name__)
+
+
+HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED", 416: "RANGE_INVALID"}
 
 
 def error_response(error):
@@ -48,15 +52,17 @@ def create_flask_app(name):
                  error.code, error.detail or error.message)
         return error_response(error)
 
-    @app.errorhandler(404)
-    def not_found(_):
-        return error_response(RegistryHTTPError(404, "NOT_FOUND", "no such endpoint",
-                                                detail=request.path))
-
-    @app.errorhandler(405)
-    def method_not_allowed(_):
-        return error_response(RegistryHTTPError(405, "UNSUPPORTED", "method not allowed",
-                                                detail=f"{request.method} {request.path}"))
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        # werkzeug's own errors: unknown path, wrong method, an unsatisfiable
+        # Range (416, whose Content-Range header is kept), and so on.
+        code = HTTP_ERROR_CODES.get(error.code, "UNSUPPORTED")
+        headers = {name: value for name, value in error.get_headers()
+                   if name.lower() != "content-type"}
+        log.info("%s %s -> %d %s", request.method, request.path, error.code, code)
+        return error_response(RegistryHTTPError(error.code, code, error.name,
+                                                detail=f"{request.method} {request.path}",
+                                                headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(error):

@@ -1,11 +1,11 @@
 """Start a sidecar: the seeder process, then gunicorn serving ``sidecar.app``."""
 
 import logging
-import os
 import subprocess
 import sys
 import time
 
+from registry_p2p.config import create_cache_dir
 from registry_p2p.errors import P2PError, RegistryP2PError
 from registry_p2p.server import GunicornServer, gunicorn_options
 from sidecar.app import create_app
@@ -38,7 +38,7 @@ def start_seeder(config):
 
 
 def run(config):
-    os.makedirs(config["cache_dir"], mode=0o750, exist_ok=True)
+    create_cache_dir(config["cache_dir"])
     seeder = start_seeder(config)
     log.info("sidecar fronting %s, serving on %s:%d", config["registry_url"], *config["listen"])
     # NOTE: a seeder that dies is not restarted; /healthz turns 503 and

@@ -60,8 +60,14 @@ class Origin:
                                     detail=f"{repository}@{digest}")
         if response.status_code == 404:
             raise blob_unknown(digest)
+        if 400 <= response.status_code < 500:
+            # A client error (a malformed Authorization, say): retrying
+            # will not help, so it is not reported as UNAVAILABLE.
+            raise RegistryHTTPError(response.status_code, "UNKNOWN",
+                                    f"registry returned {response.status_code} for the blob",
+                                    detail=f"{repository}@{digest}")
         if response.status_code != 200:
-            raise unavailable(f"registry answered HEAD with {response.status_code}")
+            raise unavailable(f"registry returned {response.status_code} for HEAD of the blob")
 
         try:
             return int(response.headers["Content-Length"])

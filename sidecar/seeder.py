@@ -23,7 +23,8 @@ from sidecar import ipc
 
 log = logging.getLogger(__name__)
 
-COUNTER_NAMES = ("proxied_blob_bytes", "storage_read_bytes", "metainfo_served", "cache_fills")
+COUNTER_NAMES = ("proxied_blob_bytes", "storage_read_bytes", "metainfo_served", "cache_fills",
+                 "rejected_announces")
 
 
 def tracker_urls(config):
@@ -52,6 +53,7 @@ class Seeder:
         self.trackers = tracker_urls(config)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.seeded = {}
+        self.seeded_info_hashes = set()
         self._lock = threading.Lock()
         self.handlers = {
             "ping": self.ping,
@@ -70,6 +72,13 @@ class Seeder:
             except RegistryP2PError:
                 log.exception("cannot seed cached blob sha256:%s", hex_digest)
         log.info("seeding %d cached blobs, announcing to %s", len(self.seeded), self.trackers)
+        threading.Thread(target=self._expire_peers, name="tracker-expiry", daemon=True).start()
+
+    def _expire_peers(self):
+        """Drop peers that stopped announcing, also in swarms nobody announces to anymore."""
+        while True:
+            time.sleep(self.config["tracker.interval"])
+            self.peers.swarm_sizes()
 
     def stop(self):
         self.session.stop()
@@ -86,9 +95,26 @@ class Seeder:
             log.info("rejected announce from %s: %s", remote_addr, exc)
             return failure_reply(str(exc))
 
+        # The tracker serves only the swarms of blobs this host seeds, so it
+        # cannot be used as a general-purpose tracker, and its table stays
+        # bounded by the cache.
+        if request.info_hash.hex() not in self.seeded_info_hashes:
+            self._count_rejected_announce(remote_addr, request.info_hash.hex())
+            return failure_reply("unknown torrent: this tracker serves blobs of its registry only")
+
         peers = self.peers.announce(request)
 
         return compact_reply(peers, self.config["tracker.interval"])
+
+    def _count_rejected_announce(self, remote_addr, info_hash):
+        # Logged once per 100 rejections, because a misconfigured node
+        # repeats its announce every interval.
+        with self._lock:
+            self.counters["rejected_announces"] += 1
+            count = self.counters["rejected_announces"]
+        if count % 100 == 1:
+            log.info("rejected announce from %s for unknown torrent %s (%d rejected so far)",
+                     remote_addr, info_hash, count)
 
     def seed(self, hex_digest):
         """Start seeding a cached blob unless it is seeded already; return its infohash."""
@@ -102,6 +128,7 @@ class Seeder:
 
             info_hash = self.session.add_seed(raw, self.cache.save_path(hex_digest)).result(30)
             self.seeded[hex_digest] = info_hash
+            self.seeded_info_hashes.add(info_hash)
             log.info("seeding blob sha256:%s as torrent %s", hex_digest, info_hash)
 
             return info_hash

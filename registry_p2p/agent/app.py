@@ -59,13 +59,17 @@ def create_app(config, upstreams, blobs, session):
 
         return pass_through(http, registry.url + target, timeout)
 
-    @app.route("/<path:_other>", methods=PROXY_METHODS + ["CONNECT"])
-    def other_request(_other):
-        host = _proxy_host() or request.host
-        raise RegistryHTTPError(
-            403, "DENIED", "the agent forwards registry API requests only",
-            detail=f"{request.method} {host}{request.path} is not a /v2/ request of a "
-                   f"configured registry")
+    @app.before_request
+    def reject_non_registry_proxying():
+        # As an HTTP proxy the agent forwards registry API requests only;
+        # CONNECT (TLS tunnels) and proxy requests for other paths, its own
+        # /healthz included, are rejected.
+        raw = request.environ.get("RAW_URI", "")
+        if request.method == "CONNECT" or (_proxy_host() is not None
+                                           and not request.path.startswith("/v2")):
+            raise RegistryHTTPError(
+                403, "DENIED", "the agent forwards registry API requests only",
+                detail=f"{request.method} {raw} is not a /v2/ request of a configured registry")
 
     @app.get("/p2p/v1/stats")
     def stats():

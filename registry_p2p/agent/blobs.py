@@ -106,7 +106,8 @@ class BlobService:
             return pass_through(self.http, registry.url + upstream_target, self.timeout)
 
         if self.cache.load_info(hex_digest) is not None:
-            self.stats.record(hex_digest, from_cache=size, source="cache")
+            if not request.headers.get("Range"):
+                self.stats.record(hex_digest, from_cache=size)
             return self._send(hex_digest, digest)
 
         if size < self.min_blob_size or not registry.sidecars:
@@ -174,6 +175,11 @@ class BlobService:
             return
 
         try:
+            # Another request may have completed this blob between the cache
+            # check in get() and taking ownership here.
+            if self.cache.load_info(hex_digest) is not None:
+                shared.set_result(True)
+                return
             self._fetch(registry, repository, digest, hex_digest, size, authorization)
             shared.set_result(True)
         except BaseException as exc:

@@ -1,13 +1,13 @@
 """Start an agent: gunicorn with one worker process that owns the node's libtorrent session."""
 
 import logging
-import os
 
 from registry_p2p import httpclient
 from registry_p2p.agent.app import create_app
 from registry_p2p.agent.blobs import BlobService
 from registry_p2p.agent.upstreams import Upstreams
 from registry_p2p.blobcache import BlobCache
+from registry_p2p.config import create_cache_dir
 from registry_p2p.server import GunicornServer, gunicorn_options
 from registry_p2p.session import TorrentSession
 
@@ -40,7 +40,7 @@ def _stop_session(_arbiter, _worker):
 
 
 def run(config):
-    os.makedirs(config["cache_dir"], mode=0o750, exist_ok=True)
+    create_cache_dir(config["cache_dir"])
     # Validate the registries before forking, so a bad config fails at once.
     Upstreams(config["registries"], config["default_registry"])
     log.info("agent serving on %s:%d", *config["listen"])

@@ -40,17 +40,20 @@ class Upstreams:
         ``ns`` is containerd's ``?ns=`` value and ``proxy_host`` the authority
         of an absolute-form (HTTP proxy) request target. Either must name a
         configured registry, otherwise the request is rejected with DENIED
-        before anything is contacted. Plain mirror requests go to the default.
+        before anything is contacted; ``ns`` wins when both are given. Plain
+        mirror requests go to the default.
         """
+        chosen = None
         for name in (ns, proxy_host):
-            if name:
-                registry = self.lookup(name)
-                if registry is None:
-                    log.warning("rejected request for registry %r, which is not configured", name)
-                    raise denied(f"registry {name!r} is not configured on this agent")
-                return registry
+            if not name:
+                continue
+            registry = self.lookup(name)
+            if registry is None:
+                log.warning("rejected request for registry %r, which is not configured", name)
+                raise denied(f"registry {name!r} is not configured on this agent")
+            chosen = chosen or registry
 
-        return self.default
+        return chosen or self.default
 
     def announce_urls(self):
         """Return the tracker URLs of every configured sidecar."""

@@ -134,7 +134,7 @@ def test_registry_outside_allowlist_is_denied(stack, http):
     assert _error_codes(by_ns) == ["DENIED"]
     assert proxied.startswith(b"HTTP/1.1 403")
     assert b'"DENIED"' in proxied
-    assert not tunnel.startswith(b"HTTP/1.1 200")
+    assert tunnel.startswith(b"HTTP/1.1 403")
     assert listener.accepted == 0
 
 
@@ -209,3 +209,50 @@ def test_credentials_checked_for_every_blob(make_stack, small_image, http):
     assert blob_stats["source"] == "p2p", blob_stats
     assert anonymous_after_cache.status_code == 401
     assert layer.size > len(anonymous_after_cache.content)
+
+
+def test_unsatisfiable_range_is_416(stack, small_image, http):
+    agent = stack.agents[0]
+    layer = max(small_image.layers, key=lambda item: item.size)
+    url = f"{agent.url}/v2/{REPOSITORY}/blobs/{layer.digest}"
+    full = http.get(url)
+
+    past_end = http.get(url, headers={"Range": f"bytes={layer.size + 10}-"})
+    first_byte = http.get(url, headers={"Range": "bytes=0-0"})
+
+    assert full.status_code == 200
+    assert past_end.status_code == 416
+    assert _error_codes(past_end) == ["RANGE_INVALID"]
+    assert past_end.headers["Content-Range"] == f"bytes */{layer.size}"
+    assert first_byte.status_code == 206
+    assert first_byte.content == full.content[:1]
+
+
+def test_tracker_rejects_unknown_torrent(stack, http):
+    query = ("info_hash=" + "%AB" * 20 + "&peer_id=" + "-XX0000-" + "a" * 12
+             + "&port=6881&left=10&compact=1")
+    response = http.get(f"{stack.sidecar.url}/announce?{query}")
+
+    assert response.status_code == 200
+    assert response.content.startswith(b"d14:failure reason")
+    assert b"unknown torrent" in response.content
+
+
+def test_proxy_request_for_agent_endpoint_denied(stack):
+    agent = stack.agents[0]
+    with socket.create_connection(("127.0.0.1", agent.port)) as conn:
+        conn.sendall(f"GET http://127.0.0.1:{agent.port}/healthz HTTP/1.1\r\n"
+                     f"Host: 127.0.0.1:{agent.port}\r\nConnection: close\r\n\r\n".encode())
+        reply = conn.makefile("rb").read()
+
+    assert reply.startswith(b"HTTP/1.1 403")
+
+
+def test_push_through_sidecar(make_stack, small_image):
+    stack = make_stack(agent_count=1)
+    sidecar_host = f"127.0.0.1:{stack.sidecar.port}"
+
+    push_image(small_image, f"{sidecar_host}/{REPOSITORY}:pushed")
+    result = pull_image(stack.agents[0].url, stack.registry.hostport, REPOSITORY, "pushed")
+
+    assert result.complete
