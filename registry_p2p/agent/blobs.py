@@ -182,10 +182,15 @@ class BlobService:
                 return
             self._fetch(registry, repository, digest, hex_digest, size, authorization)
             shared.set_result(True)
-        except BaseException as exc:
+        except Exception as exc:
+            # Any error on this path, expected or not, becomes a fallback
+            # to the registry instead of a failed pull.
             failure = exc if isinstance(exc, P2PError) else P2PError(f"{type(exc).__name__}: {exc}")
             shared.set_exception(failure)
             raise failure from exc
+        except BaseException as exc:
+            shared.set_exception(P2PError(f"download interrupted: {type(exc).__name__}"))
+            raise
         finally:
             with self._lock:
                 del self._inflight[hex_digest]
