@@ -6,6 +6,7 @@ and reports where each agent's bytes came from.
 """
 
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -151,6 +152,10 @@ def run_demo(agents=3, layer_mib=64, workdir=None, keep=False):
              else "Some blobs were missing or wrong; see the logs in the work directory.")
         return 0 if ok else 1
     finally:
+        # A second Ctrl-C while stopping would leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if started:
+            _say("Stopping the agents, the sidecar and docker-registry ...")
         for component in reversed(started):
             component.stop()
         if keep or workdir:
