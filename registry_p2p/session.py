@@ -332,6 +332,14 @@ class TorrentSession:
 
         return done
 
+    def reannounce(self, info_hash):
+        """Announce a torrent to its trackers now, ignoring the announce interval."""
+        def announce(session):
+            handle = self._handle(session, info_hash)
+            handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+
+        return self.submit(announce)
+
     def listen_port(self):
         """Return a Future of the TCP port that the session accepts peers on."""
         return self.submit(lambda session: session.listen_port())

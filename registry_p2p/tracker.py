@@ -140,7 +140,8 @@ class PeerTable:
     Every other leecher gets the swarm's other peers, so the blob leaves the
     registry host about ``origin_fanout`` times however many nodes pull it.
     A leecher keeps its origin slot until it completes, stops or expires.
-    Once a node has the whole blob, no new leecher gets the origin.
+    Once a node has the whole blob, no new leecher gets the origin, except
+    one that re-announces without progress.
     """
 
     def __init__(self, ttl, origin_fanout=1, clock=time.monotonic):
@@ -156,12 +157,21 @@ class PeerTable:
         with self._lock:
             swarm = self._swarms.setdefault(request.info_hash, _Swarm())
             swarm.expire(now, self.ttl)
+            previous = swarm.peers.get(request.peer_id)
+            stalled = (previous is not None and request.left > 0
+                       and request.left == previous.left and request.event == "")
             if request.event == "stopped":
                 swarm.remove(request.peer_id)
             else:
                 swarm.peers[request.peer_id] = _Peer(request.ip, request.port, request.left, now)
                 if request.left == 0:
                     swarm.origin_assigned.discard(request.peer_id)
+
+            if stalled and not is_origin(request.peer_id):
+                # No progress since its last announce: its peers cannot
+                # serve it (gone, or missing the same pieces), so it gets
+                # the origin beyond origin_fanout.
+                swarm.origin_assigned.add(request.peer_id)
 
             if request.event == "stopped":
                 peers = []

@@ -245,8 +245,15 @@ class BlobService:
         raise P2PError(f"no sidecar returned a torrent ({'; '.join(errors)})")
 
     def _wait(self, download, digest):
+        reannounced_at = 0.0
         while not download.finished.wait(1.0):
             stalled = time.monotonic() - download.last_progress
+            # Halfway to giving up, announce again: a tracker that sees no
+            # progress since the last announce hands out the origin.
+            if stalled > self.stall_timeout / 2 and download.last_progress > reannounced_at:
+                log.info("no progress on %s for %.0f s; announcing again", digest, stalled)
+                self.session.reannounce(download.info_hash).result(10)
+                reannounced_at = time.monotonic()
             if stalled > self.stall_timeout:
                 raise P2PError(f"no download progress for {stalled:.0f} s "
                                f"({download.total_done} of {download.length} bytes)")

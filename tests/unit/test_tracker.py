@@ -563,6 +563,24 @@ def test_late_origin_not_given_leechers_after_node_seed(table):
     assert table.announce(origin_request()) == []
 
 
+def test_stalled_leecher_gets_origin(table):
+    # Node 1 completed, so node 2 gets only node 1; when node 2 announces
+    # again without progress, it gets the origin after all.
+    table.announce(origin_request())
+    table.announce(request(1, left=0))
+    table.announce(request(2, left=500))
+
+    assert address(ORIGIN) in table.announce(request(2, left=500))
+
+
+def test_progressing_leecher_no_origin(table):
+    table.announce(origin_request())
+    table.announce(request(1, left=0))
+    table.announce(request(2, left=500))
+
+    assert address(ORIGIN) not in table.announce(request(2, left=400))
+
+
 def test_origin_not_given_to_seed(table):
     table.announce(origin_request())
     table.announce(request(1))
