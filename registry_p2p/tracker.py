@@ -216,7 +216,7 @@ class PeerTable:
 
         # A node that already has the whole blob serves it as well as the
         # origin does, so a new leecher gets the origin only while no node
-        # has completed.
+        # has completed. A stalled leecher was assigned in announce().
         assigned = swarm.origin_assigned
         if request.peer_id in assigned or (len(assigned) < self.origin_fanout
                                            and not swarm.has_node_seed()):

@@ -113,9 +113,9 @@ def test_mixed_libtorrent_versions_share(make_stack, small_image, tmp_path):
         assert results[agent.url].complete, results[agent.url]
 
     # NOTE: a libtorrent 2.1.1 agent sometimes stops one piece short of a
-    # blob in this swarm and falls back to the registry after the stall
-    # timeout (about one run in five), so the test requires BitTorrent for
-    # most big layers, not all of them.
+    # blob in this swarm (about one run in five) and falls back to the
+    # registry after the stall timeout. So the test requires BitTorrent for
+    # all big layers but one.
     big_layers = [layer for layer in small_image.layers if layer.size >= 1024 * 1024]
     for stats in [agent.stats() for agent in stack.agents]:
         sources = [stats["blobs"][layer.digest.split(":", 1)[1]]["source"]
