@@ -89,11 +89,14 @@ class SidecarService(_Service):
     name = "sidecar"
 
     def __init__(self, workdir, registry_url, storage_root, host="127.0.0.1", netns=None,
-                 workers=2, **options):
+                 workers=2, storage=None, **options):
+        """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``."""
         super().__init__(workdir, host, netns)
+        storage = storage or {"filesystem": {"rootdirectory": str(storage_root)}}
+        (driver, driver_options), = storage.items()
         sections = {
-            "storage": {"driver": "filesystem"},
-            "storage.filesystem": {"rootdirectory": str(storage_root)},
+            "storage": {"driver": driver},
+            f"storage.{driver}": driver_options,
             "torrent": {"listen": f"{host}:{self.torrent_port}"},
             "tracker": {"interval": options.pop("tracker_interval", 10)},
         }

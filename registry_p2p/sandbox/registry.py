@@ -1,4 +1,4 @@
-"""A docker-registry (CNCF distribution 2.8) with filesystem storage, and a parser for its request log."""
+"""A docker-registry (CNCF distribution 2.8) with filesystem or other storage, and a parser for its request log."""
 
 import json
 import logging
@@ -47,7 +47,7 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 class Registry:
-    """docker-registry serving one filesystem storage directory, started by start() or `with`.
+    """docker-registry serving one filesystem storage directory or another storage driver, started by start() or `with`.
 
     Every completed request is logged by the registry as a logrus text line like:
 
@@ -68,6 +68,7 @@ class Registry:
         netns: str | None = None,
         users: dict[str, str] | None = None,
         config_overrides: dict | None = None,
+        storage: dict | None = None,
     ):
         """Describe a registry, which start() runs.
 
@@ -76,6 +77,10 @@ class Registry:
         namespace to run in, and `host` must then be an address in it. `users`
         maps user names to passwords and turns on htpasswd authentication.
         `config_overrides` is merged into the generated configuration, key by key.
+        `storage` replaces the filesystem driver section, for example
+        {"swift": {...}}, because distribution refuses a configuration with two
+        storage drivers. Keys that are not drivers, such as "redirect", may go
+        in either argument.
         """
         self.workdir = Path(workdir)
         self.host = host
@@ -83,6 +88,7 @@ class Registry:
         self.netns = netns
         self.users = dict(users or {})
         self.config_overrides = config_overrides or {}
+        self.storage = storage
         self.config_path = self.workdir / "config.yml"
         self.log_path = self.workdir / "registry.log"
         self._process: ManagedProcess | None = None
@@ -101,7 +107,10 @@ class Registry:
 
     @property
     def root_directory(self) -> Path:
-        """Filesystem storage root (`rootdirectory`), with blobs under docker/registry/v2/blobs/sha256/."""
+        """Filesystem storage root (`rootdirectory`), with blobs under docker/registry/v2/blobs/sha256/.
+
+        The directory stays empty when `storage` selects another driver.
+        """
         return self.workdir / "storage"
 
     @property
@@ -143,7 +152,8 @@ class Registry:
             self._process.stop()
             raise
 
-        log.info("registry ready at %s, storage %s", self.url, self.root_directory)
+        storage = self.root_directory if self.storage is None else ", ".join(self.storage)
+        log.info("registry ready at %s, storage %s", self.url, storage)
         return self
 
     def stop(self) -> None:
@@ -219,7 +229,7 @@ class Registry:
                 "accesslog": {"disabled": False},
             },
             "storage": {
-                "filesystem": {"rootdirectory": str(self.root_directory)},
+                **(self.storage or {"filesystem": {"rootdirectory": str(self.root_directory)}}),
                 "delete": {"enabled": True},
             },
             # A fixed secret silences the start-up warning about a generated one.

@@ -7,9 +7,11 @@ never writes to it. Drivers are chosen by the name in ``storage.driver``.
 from registry_p2p.errors import ConfigError
 from registry_p2p.storage.base import StorageDriver
 from registry_p2p.storage.filesystem import FilesystemDriver
+from registry_p2p.storage.s3 import S3Driver
 
 DRIVERS = {
     "filesystem": FilesystemDriver,
+    "s3": S3Driver,
 }
 
 

@@ -34,3 +34,6 @@ class StorageDriver(ABC):
     @abstractmethod
     def open(self, hex_digest):
         """Open a blob's bytes for reading."""
+
+    def close(self):
+        """Release connections; the driver is not used afterwards."""

@@ -1,0 +1,108 @@
+"""S3 storage driver: the registry's ``storage.s3`` bucket, read with boto3.
+
+Works with AWS S3 and S3-compatible stores (Ceph RGW, Swift's s3api,
+MinIO). Keys are ``<rootdirectory>/docker/registry/v2/...`` as
+distribution's s3 driver writes them.
+"""
+
+import logging
+
+from registry_p2p import layout
+from registry_p2p.errors import BlobNotFound, ConfigError, StorageError
+from registry_p2p.storage.base import StorageDriver
+
+try:
+    from botocore.exceptions import BotoCoreError, ClientError
+    _BOTO_ERRORS = (BotoCoreError, ClientError)
+except ImportError:
+    # boto3 is needed only with storage.driver = "s3"; from_config says so.
+    _BOTO_ERRORS = ()
+
+log = logging.getLogger(__name__)
+
+# HTTP statuses and botocore error codes that mean "no such key".
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Driver(StorageDriver):
+    name = "s3"
+
+    def __init__(self, client, bucket, rootdirectory=""):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = rootdirectory.strip("/")
+
+    @classmethod
+    def from_config(cls, config):
+        try:
+            import boto3
+            from botocore.config import Config as BotoConfig
+        except ImportError:
+            raise ConfigError("storage.driver = \"s3\" needs boto3: apt-get install "
+                              "python3-boto3, or pip install boto3") from None
+
+        if not config["storage.s3.bucket"]:
+            raise ConfigError("storage.driver is \"s3\" but storage.s3.bucket is empty; set it "
+                              "to the registry's storage.s3.bucket")
+
+        endpoint = config["storage.s3.regionendpoint"] or None
+        client = boto3.client(
+            "s3",
+            region_name=config["storage.s3.region"],
+            endpoint_url=endpoint,
+            aws_access_key_id=config["storage.s3.accesskey"] or None,
+            aws_secret_access_key=config["storage.s3.secretkey"] or None,
+            config=BotoConfig(
+                # S3-compatible stores behind a plain endpoint rarely serve
+                # virtual-host-style bucket names, and distribution uses
+                # path style for them too.
+                s3={"addressing_style": "path" if endpoint else "auto"},
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+
+        return cls(client, config["storage.s3.bucket"], config["storage.s3.rootdirectory"])
+
+    def key(self, relative_path):
+        return f"{self.prefix}/{relative_path}" if self.prefix else relative_path
+
+    def stat(self, hex_digest):
+        key = self.key(layout.blob_data_path(hex_digest))
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, key) from None
+
+    def is_linked(self, repository, hex_digest):
+        key = self.key(layout.layer_link_path(repository, hex_digest))
+        try:
+            content = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except _BOTO_ERRORS as exc:
+            error = self._error(exc, key)
+            if isinstance(error, BlobNotFound):
+                return False
+            raise error from None
+
+        return content.strip() == f"sha256:{hex_digest}".encode()
+
+    # NOTE: the body is read with one GET; ranged parallel reads of large
+    # blobs and turning mid-read botocore errors into StorageError are not
+    # done yet.
+    def open(self, hex_digest):
+        key = self.key(layout.blob_data_path(hex_digest))
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except _BOTO_ERRORS as exc:
+            raise self._error(exc, key) from None
+
+    def close(self):
+        self.client.close()
+
+    def _error(self, exc, key):
+        """Turn a boto3 exception into BlobNotFound or StorageError."""
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND_CODES:
+            return BlobNotFound(f"s3://{self.bucket}/{key} not found")
+
+        log.warning("S3 request for s3://%s/%s failed: %s", self.bucket, key, exc)
+        return StorageError(f"s3 storage: cannot read s3://{self.bucket}/{key}: {exc}")
