@@ -15,7 +15,8 @@ try:
     from botocore.exceptions import BotoCoreError, ClientError
     _BOTO_ERRORS = (BotoCoreError, ClientError)
 except ImportError:
-    # boto3 is needed only with storage.driver = "s3"; from_config says so.
+    # boto3 is needed only with storage.driver = "s3"; from_config then
+    # raises ConfigError naming the package.
     _BOTO_ERRORS = ()
 
 log = logging.getLogger(__name__)
