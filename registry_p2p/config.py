@@ -156,7 +156,7 @@ SIDECAR_OPTIONS = (
            "Announce URLs of the other sidecars' trackers, added to every torrent."),
     Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
            "Directory of verified blobs, their torrents and the seeder's socket."),
-    Option("storage.driver", choice("filesystem", "s3"), "filesystem",
+    Option("storage.driver", choice("filesystem", "s3", "swift"), "filesystem",
            "Storage driver that reads the registry's blobs: the same storage the "
            "registry's config uses."),
     Option("storage.filesystem.rootdirectory", path, "/var/lib/docker-registry",
@@ -172,6 +172,15 @@ SIDECAR_OPTIONS = (
            "~/.aws, instance role)."),
     Option("storage.s3.secretkey", string, "",
            "Secret key; keep this file readable by the service user only."),
+    Option("storage.swift.authurl", string, "",
+           "The registry's storage.swift.authurl (Swift v1 auth, e.g. tempauth's "
+           ".../auth/v1.0)."),
+    Option("storage.swift.username", string, "", "The registry's storage.swift.username."),
+    Option("storage.swift.password", string, "",
+           "The registry's storage.swift.password; keep this file readable by the "
+           "service user only."),
+    Option("storage.swift.container", string, "", "The registry's storage.swift.container."),
+    Option("storage.swift.prefix", string, "", "The registry's storage.swift.prefix."),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
            "Address and port on which the seeder accepts BitTorrent peers."),
     Option("torrent.upload_rate_limit", non_negative_int, 0,

@@ -8,10 +8,12 @@ from registry_p2p.errors import ConfigError
 from registry_p2p.storage.base import StorageDriver
 from registry_p2p.storage.filesystem import FilesystemDriver
 from registry_p2p.storage.s3 import S3Driver
+from swift_backend import SwiftDriver
 
 DRIVERS = {
     "filesystem": FilesystemDriver,
     "s3": S3Driver,
+    "swift": SwiftDriver,
 }
 
 
