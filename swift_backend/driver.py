@@ -5,8 +5,9 @@ Blobs uploaded through the registry are Dynamic Large Objects: a 0-byte
 manifest whose ``X-Object-Manifest`` names ``<container>/<segment prefix>``,
 with the bytes in numbered segments under ``<prefix>/segments/``. A DLO is
 read by listing its segments and fetching several at a time, in order,
-because Swift's DLO middleware serves one segment per second after the
-tenth when the manifest itself is read.
+because Swift's dlo middleware serves one segment per second after the
+tenth when the manifest itself is read (its defaults
+rate_limit_after_segment = 10 and rate_limit_segments_per_sec = 1).
 """
 
 import concurrent.futures
@@ -134,19 +135,27 @@ class _ChunkReader:
     def __init__(self, chunks):
         self._chunks = iter(chunks)
         self._buffer = b""
+        self._offset = 0
 
     def read(self, size=-1):
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
+        # Slices copy only what is returned, so reading a 20 MiB segment in
+        # 1 MiB reads does not copy the segment's rest each time.
+        parts = []
+        wanted = size
+        while size < 0 or wanted > 0:
+            if self._offset >= len(self._buffer):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buffer, self._offset = chunk, 0
+                continue
 
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+            end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + wanted)
+            parts.append(self._buffer[self._offset:end])
+            wanted -= end - self._offset
+            self._offset = end
 
-        return data
+        return b"".join(parts)
 
     def close(self):
         close = getattr(self._chunks, "close", None)

@@ -1,32 +1,38 @@
 """Storage drivers: read blobs from the registry's own storage.
 
 A driver reads distribution 2.8's layout (see ``registry_p2p.layout``) and
-never writes to it. Drivers are chosen by the name in ``storage.driver``.
+never writes to it. Drivers are chosen by the name in ``storage.driver``
+from DRIVERS, which names each driver class by import path: the Swift
+driver lives in the separate ``swift_backend`` package, which itself
+imports this package's base class.
 """
+
+import importlib
 
 from registry_p2p.errors import ConfigError
 from registry_p2p.storage.base import StorageDriver
-from registry_p2p.storage.filesystem import FilesystemDriver
-from registry_p2p.storage.s3 import S3Driver
-from swift_backend import SwiftDriver
 
 DRIVERS = {
-    "filesystem": FilesystemDriver,
-    "s3": S3Driver,
-    "swift": SwiftDriver,
+    "filesystem": "registry_p2p.storage.filesystem:FilesystemDriver",
+    "s3": "registry_p2p.storage.s3:S3Driver",
+    "swift": "swift_backend.driver:SwiftDriver",
 }
 
 
-def open_driver(config):
-    """Create the driver named by ``storage.driver`` from a sidecar config."""
-    name = config["storage.driver"]
+def driver_class(name):
+    """Return the driver class registered as ``name``."""
     try:
-        driver_class = DRIVERS[name]
+        module_name, _, class_name = DRIVERS[name].partition(":")
     except KeyError:
         raise ConfigError(f"unknown storage driver {name!r}; "
                           f"known drivers: {', '.join(sorted(DRIVERS))}") from None
 
-    return driver_class.from_config(config)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["DRIVERS", "StorageDriver", "open_driver"]
+def open_driver(config):
+    """Create the driver named by ``storage.driver`` from a sidecar config."""
+    return driver_class(config["storage.driver"]).from_config(config)
+
+
+__all__ = ["DRIVERS", "StorageDriver", "driver_class", "open_driver"]
