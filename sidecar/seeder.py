@@ -122,13 +122,19 @@ class Seeder:
             if hex_digest in self.seeded:
                 return self.seeded[hex_digest]
 
-            raw = blob_metainfo(self.cache, hex_digest, self.trackers)
-            if raw is None:
+            info = self.cache.load_info(hex_digest)
+            if info is None:
                 raise RegistryP2PError(f"blob sha256:{hex_digest} is not in the cache")
 
+            # The tracker must know the torrent before libtorrent sends the
+            # seeder's first announce, which add_seed() triggers at once.
+            expected = torrent.info_hash(torrent.build_info(hex_digest, info[b"length"],
+                                                            info[b"pieces"]))
+            self.seeded_info_hashes.add(expected)
+            raw = torrent.build_metainfo(hex_digest, info[b"length"], info[b"pieces"],
+                                         self.trackers)
             info_hash = self.session.add_seed(raw, self.cache.save_path(hex_digest)).result(30)
             self.seeded[hex_digest] = info_hash
-            self.seeded_info_hashes.add(info_hash)
             log.info("seeding blob sha256:%s as torrent %s", hex_digest, info_hash)
 
             return info_hash
