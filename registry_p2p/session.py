@@ -258,6 +258,13 @@ class TorrentSession:
             "announce_to_all_trackers": True,
             "announce_to_all_tiers": True,
             "stop_tracker_timeout": 1,
+            # Peers are on a LAN: a block request unanswered for 10 s is
+            # sent to another peer instead of waiting 60 s (request) or
+            # 20 s (piece), which is as long as an agent waits before it
+            # falls back to the registry.
+            "request_timeout": 10,
+            "piece_timeout": 10,
+            "strict_end_game_mode": False,
             # The default send buffer caps one peer connection far below
             # LAN speed.
             "send_buffer_watermark": 8 * 1024 * 1024,
