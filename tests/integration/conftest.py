@@ -58,6 +58,14 @@ def small_image(tmp_path_factory):
 
 
 @pytest.fixture
+def no_proxy_variables(monkeypatch):
+    """Keep boto3's and swiftclient's loopback requests away from a developer's proxy."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def http():
     """A requests session that ignores proxy variables."""
     with requests.Session() as session:

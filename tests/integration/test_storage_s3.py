@@ -28,13 +28,6 @@ REPOSITORY = "s3/app"
 
 
 @pytest.fixture
-def no_proxy_variables(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
 def s3_stack(tmp_path, small_image, no_proxy_variables):
     services = []
     with Swift(tmp_path / "swift") as swift:

@@ -30,13 +30,6 @@ def dlo_image(tmp_path_factory):
 
 
 @pytest.fixture
-def no_proxy_variables(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
 def swift_stack(tmp_path, dlo_image, no_proxy_variables):
     services = []
     with Swift(tmp_path / "swift") as swift:
