@@ -7,9 +7,11 @@ Layout under the cache root::
     tmp/                       files being written; emptied at start
     locks/<hex>.lock           serializes fills of one blob across processes
 
-A blob appears under ``blobs/`` only by a rename after its size and sha256
-matched, and its ``.info`` is renamed into place after it, so a reader that
-sees the ``.info`` file sees a complete, verified blob.
+The ``.info`` file is renamed into place only after the blob's size and
+sha256 matched, so a blob counts as cached only when it has both files.
+``fill`` renames a verified file into ``blobs/``. The agent lets libtorrent
+write into ``blobs/`` directly and writes ``.info`` after its own sha256
+check, so data without ``.info`` is incomplete and is deleted at start.
 """
 
 import contextlib

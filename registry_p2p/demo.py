@@ -118,8 +118,8 @@ def run_demo(agents=3, layer_mib=64, workdir=None, keep=False):
     root.mkdir(parents=True, exist_ok=True)
     started = []
     try:
-        kept = "kept" if keep or workdir else "removed at the end; --keep keeps it"
-        _say(f"Work directory (logs, storage, caches; {kept}): {root}")
+        fate = "kept" if keep or workdir else "removed at the end; --keep keeps it"
+        _say(f"Work directory (logs, storage, caches; {fate}): {root}")
         registry = Registry(root / "registry").start()
         started.append(registry)
         _say(f"docker-registry 2.8 on {registry.url}, storage {registry.root_directory}")

@@ -1,7 +1,7 @@
 """Paths of distribution 2.8's storage layout.
 
 Every storage driver (filesystem, S3, Swift) stores the same relative
-paths under its own root; these functions return them with "/" separators
+paths under its own root. These functions return them with "/" separators
 and no leading slash.
 """
 

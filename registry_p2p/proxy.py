@@ -58,8 +58,8 @@ class _SizedBody:
     """A request body of known length.
 
     requests sends a file-like body of unknown length chunked, even next to
-    an explicit Content-Length, which registries reject; a ``__len__`` makes
-    it send the bytes as they are.
+    an explicit Content-Length, and registries reject that. With a
+    ``__len__``, requests sends the bytes as they are.
     """
 
     def __init__(self, stream, length):
@@ -113,7 +113,7 @@ def pass_through(http, url, timeout, extra_headers=None, on_body_bytes=None,
 
 
 class BodyDigestMismatch(Exception):
-    """A streamed blob did not hash to its digest; the connection is dropped."""
+    """Error raised when a streamed blob does not hash to its digest, which drops the connection."""
 
 
 def stream_response(upstream, on_body_bytes=None, expected_digest=None):
@@ -130,20 +130,20 @@ def stream_response(upstream, on_body_bytes=None, expected_digest=None):
 
     def verified(source):
         sha256 = hashlib.sha256()
-        held = None
+        last_chunk = None
         for chunk in source:
             sha256.update(chunk)
-            if held is not None:
-                yield held
-            held = chunk
+            if last_chunk is not None:
+                yield last_chunk
+            last_chunk = chunk
 
         if sha256.hexdigest() != expected_digest:
             log.error("blob from %s hashes to sha256:%s, expected sha256:%s; dropping the "
                       "connection before its last bytes", _without_query(upstream.url),
                       sha256.hexdigest(), expected_digest)
             raise BodyDigestMismatch(expected_digest)
-        if held is not None:
-            yield held
+        if last_chunk is not None:
+            yield last_chunk
 
     def body():
         sent = 0

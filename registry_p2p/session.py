@@ -2,7 +2,7 @@
 
 One ``TorrentSession`` per process owns one ``libtorrent.session``. A single
 owner thread creates the session, runs every call on it and handles its
-alerts; other threads submit work with ``submit`` and get a Future back.
+alerts. Other threads submit work with ``submit`` and get a Future back.
 Alerts are dispatched through a table keyed by alert type.
 
 Runs on libtorrent 2.0.8 (Debian bookworm) and 2.1.x (PyPI).
@@ -258,10 +258,9 @@ class TorrentSession:
             "announce_to_all_trackers": True,
             "announce_to_all_tiers": True,
             "stop_tracker_timeout": 1,
-            # Peers are on a LAN: a block request unanswered for 10 s is
-            # sent to another peer instead of waiting 60 s (request) or
-            # 20 s (piece), which is as long as an agent waits before it
-            # falls back to the registry.
+            # Peers are on a LAN, so a block request unanswered for 10 s goes
+            # to another peer. The defaults wait 60 s (request) and 20 s
+            # (piece), as long as an agent waits before its fallback.
             "request_timeout": 10,
             "piece_timeout": 10,
             "strict_end_game_mode": False,
@@ -351,21 +350,12 @@ class TorrentSession:
         """Return a Future of the TCP port that the session accepts peers on."""
         return self.submit(lambda session: session.listen_port())
 
-    def has_torrent(self, info_hash):
-        def find(session):
-            return session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash))).is_valid()
-
-        return self.submit(find)
-
     def counters(self):
         """Return total payload bytes sent and received by this session (thread-safe copy)."""
         return {
             "uploaded_bytes": self._counters["net.sent_payload_bytes"],
             "downloaded_bytes": self._counters["net.recv_payload_bytes"],
         }
-
-    def torrent_count(self):
-        return self.submit(lambda session: len(session.get_torrents()))
 
     # Owner-thread helpers
 

@@ -132,8 +132,8 @@ def parse_metainfo(raw, expected_hex_digest, expected_length):
 
     The name must be the blob's hex digest, the length its size from the
     registry, the piece length the deterministic one and the piece hashes
-    complete; otherwise P2PError is raised. Extra info keys are rejected
-    because they would change the infohash.
+    complete, or P2PError is raised. Extra info keys are rejected because
+    they would change the infohash.
     """
     try:
         metainfo = bdecode(raw)

@@ -1,7 +1,7 @@
 """BitTorrent HTTP tracker logic (BEP 3, compact replies per BEP 23).
 
-Pure functions and an in-memory peer table; the sidecar's seeder process
-keeps the one table of its host and its web workers forward announces to
+Pure functions and an in-memory peer table. The sidecar's seeder process
+keeps the one table of its host, and its web workers forward announces to
 it.
 """
 
@@ -188,9 +188,9 @@ class PeerTable:
     def _leechers_for_origin(self, swarm):
         """Return the leechers assigned to the origin, first filling free slots.
 
-        A leecher that announced before the origin did got no origin; the
-        origin's own announce assigns it, so the origin connects to it
-        instead of both waiting for the next announce interval.
+        A leecher that announced before the origin did got no origin. The
+        origin's own announce assigns it, so the origin connects to it and
+        neither waits for the next announce interval.
         """
         if not swarm.has_node_seed():
             waiting = [peer_id for peer_id, peer in swarm.peers.items()

@@ -1,7 +1,7 @@
 """Requests from the web workers to the host's seeder process.
 
 The seeder owns the host's one libtorrent session and the tracker's peer
-table; workers reach it over a Unix socket in the cache directory, which
+table. Workers reach it over a Unix socket in the cache directory, which
 only the service user can open, with an authentication key next to it.
 Each call opens a connection, sends one request dict and reads one reply.
 """

@@ -17,7 +17,7 @@ SEEDER_START_TIMEOUT = 30.0
 
 
 def start_seeder(config):
-    """Start the seeder process and wait until it answers on its socket."""
+    """Start the seeder process and wait until it responds on its socket."""
     command = [sys.executable, "-m", "sidecar.seeder", "-c", config.source]
     process = subprocess.Popen(command)
     client = SeederClient(config["cache_dir"])
@@ -32,7 +32,7 @@ def start_seeder(config):
         except P2PError:
             if time.monotonic() > deadline:
                 process.terminate()
-                raise RegistryP2PError(f"seeder process did not answer within "
+                raise RegistryP2PError(f"seeder process did not respond within "
                                        f"{SEEDER_START_TIMEOUT:.0f} s") from None
             time.sleep(0.2)
 

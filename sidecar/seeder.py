@@ -75,7 +75,7 @@ class Seeder:
         threading.Thread(target=self._expire_peers, name="tracker-expiry", daemon=True).start()
 
     def _expire_peers(self):
-        """Drop peers that stopped announcing, also in swarms nobody announces to anymore."""
+        """Drop expired peers, including those of swarms that get no more announces."""
         while True:
             time.sleep(self.config["tracker.interval"])
             self.peers.swarm_sizes()

@@ -141,8 +141,8 @@ class _ChunkReader:
         # Slices copy only what is returned, so reading a 20 MiB segment in
         # 1 MiB reads does not copy the segment's rest each time.
         parts = []
-        wanted = size
-        while size < 0 or wanted > 0:
+        remaining = size
+        while size < 0 or remaining > 0:
             if self._offset >= len(self._buffer):
                 chunk = next(self._chunks, None)
                 if chunk is None:
@@ -150,9 +150,9 @@ class _ChunkReader:
                 self._buffer, self._offset = chunk, 0
                 continue
 
-            end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + wanted)
+            end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + remaining)
             parts.append(self._buffer[self._offset:end])
-            wanted -= end - self._offset
+            remaining -= end - self._offset
             self._offset = end
 
         return b"".join(parts)

@@ -33,10 +33,10 @@ def upstream_target():
     if "ns=" not in query:
         return target
 
-    kept = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True)
-            if key != "ns"]
+    params = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True)
+              if key != "ns"]
 
-    return path + (f"?{urlencode(kept)}" if kept else "")
+    return path + (f"?{urlencode(params)}" if params else "")
 
 
 def create_app(config, upstreams, blobs, session):

@@ -248,8 +248,8 @@ class BlobService:
         reannounced_at = 0.0
         while not download.finished.wait(1.0):
             stalled = time.monotonic() - download.last_progress
-            # Halfway to giving up, announce again: a tracker that sees no
-            # progress since the last announce hands out the origin.
+            # Halfway to giving up, announce again, because the tracker hands
+            # out the origin to a leecher whose left count has not changed.
             if stalled > self.stall_timeout / 2 and download.last_progress > reannounced_at:
                 log.info("no progress on %s for %.0f s; announcing again", digest, stalled)
                 self.session.reannounce(download.info_hash).result(10)

@@ -21,7 +21,7 @@ from registry_p2p.sandbox.swift import Swift
 pytestmark = [
     pytest.mark.integration,
     # botocore's urllib3 can leave a socket unclosed when it retries a slow
-    # request on a loaded machine; that is not a leak of the code under test.
+    # request on a loaded machine. That socket is not the code under test.
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
 ]
