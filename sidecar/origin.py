@@ -39,7 +39,7 @@ class Origin:
             raise blob_unknown(digest)
 
         if self.cache.load_info(hex_digest) is None:
-            self._fill(hex_digest, size)
+            self._fill(repository, hex_digest, size)
 
         self.seeder.call("seed", hex_digest=hex_digest)
         self.seeder.call("count", name="metainfo_served", value=1)
@@ -74,17 +74,17 @@ class Origin:
         except (KeyError, ValueError):
             raise unavailable("registry sent no Content-Length for the blob") from None
 
-    def _fill(self, hex_digest, size):
+    def _fill(self, repository, hex_digest, size):
         with self.cache.lock(hex_digest):
             if self.cache.load_info(hex_digest) is not None:
                 return
 
             try:
-                stored_size = self.driver.stat(hex_digest)
+                stored_size = self.driver.stat(hex_digest, repository)
                 if stored_size != size:
                     raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
                                          f"{hex_digest}, the registry reports {size}")
-                with self.driver.open(hex_digest) as stream:
+                with self.driver.open(hex_digest, repository) as stream:
                     self.cache.fill(hex_digest, size, stream)
             except BlobNotFound:
                 log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)

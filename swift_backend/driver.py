@@ -69,7 +69,7 @@ class SwiftDriver(StorageDriver):
         files = f"{self.prefix}/files" if self.prefix else "files"
         return f"{files}/{relative_path}"
 
-    def stat(self, hex_digest):
+    def stat(self, hex_digest, repository=None):
         name = self.object_name(layout.blob_data_path(hex_digest))
 
         return int(self._head(name)["content-length"])
@@ -85,7 +85,7 @@ class SwiftDriver(StorageDriver):
 
         return content.strip() == f"sha256:{hex_digest}".encode()
 
-    def open(self, hex_digest):
+    def open(self, hex_digest, repository=None):
         name = self.object_name(layout.blob_data_path(hex_digest))
         manifest = self._head(name).get("x-object-manifest")
         if manifest is None:

@@ -14,6 +14,10 @@ class StorageDriver(ABC):
     - ``stat`` and ``is_linked`` never read blob content.
     - ``open`` returns a binary file object positioned at byte 0; it does
       not verify the digest, which is the caller's job.
+    - ``stat`` and ``open`` take the repository the blob is read for, which
+      the caller has checked with ``is_linked``. Drivers that read the
+      storage itself ignore it; one that reads through the registry's API
+      needs it to name the blob.
     """
 
     name = "abstract"
@@ -24,7 +28,7 @@ class StorageDriver(ABC):
         """Create the driver from a sidecar ``Config``."""
 
     @abstractmethod
-    def stat(self, hex_digest):
+    def stat(self, hex_digest, repository=None):
         """Return the size in bytes of a blob."""
 
     @abstractmethod
@@ -32,7 +36,7 @@ class StorageDriver(ABC):
         """Return whether ``repository`` links the blob, i.e. the registry serves it there."""
 
     @abstractmethod
-    def open(self, hex_digest):
+    def open(self, hex_digest, repository=None):
         """Open a blob's bytes for reading."""
 
     def close(self):

@@ -20,7 +20,7 @@ class FilesystemDriver(StorageDriver):
     def from_config(cls, config):
         return cls(config["storage.filesystem.rootdirectory"])
 
-    def stat(self, hex_digest):
+    def stat(self, hex_digest, repository=None):
         data = self.root / layout.blob_data_path(hex_digest)
         try:
             return data.stat().st_size
@@ -39,7 +39,7 @@ class FilesystemDriver(StorageDriver):
         # distribution writes the digest itself into the link file.
         return content.strip() == f"sha256:{hex_digest}".encode()
 
-    def open(self, hex_digest):
+    def open(self, hex_digest, repository=None):
         data = self.root / layout.blob_data_path(hex_digest)
         try:
             return open(data, "rb")

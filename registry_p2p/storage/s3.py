@@ -67,7 +67,7 @@ class S3Driver(StorageDriver):
     def key(self, relative_path):
         return f"{self.prefix}/{relative_path}" if self.prefix else relative_path
 
-    def stat(self, hex_digest):
+    def stat(self, hex_digest, repository=None):
         key = self.key(layout.blob_data_path(hex_digest))
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
@@ -89,7 +89,7 @@ class S3Driver(StorageDriver):
     # NOTE: the body is read with one GET; ranged parallel reads of large
     # blobs and turning mid-read botocore errors into StorageError are not
     # done yet.
-    def open(self, hex_digest):
+    def open(self, hex_digest, repository=None):
         key = self.key(layout.blob_data_path(hex_digest))
         try:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
