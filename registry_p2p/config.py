@@ -159,6 +159,10 @@ SIDECAR_OPTIONS = (
     Option("storage.driver", choice("filesystem", "s3", "swift"), "filesystem",
            "Storage driver that reads the registry's blobs: the same storage the "
            "registry's config uses."),
+    Option("storage.read_concurrency", positive_int, 4,
+           "Parts of a large blob (Swift segments, S3 byte ranges) that the "
+           "sidecar reads at once. Memory use per blob read is about one part "
+           "more than this."),
     Option("storage.filesystem.rootdirectory", path, "/var/lib/docker-registry",
            "The registry's storage.filesystem.rootdirectory."),
     Option("storage.s3.bucket", string, "", "The registry's storage.s3.bucket."),

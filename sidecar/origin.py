@@ -33,7 +33,13 @@ class Origin:
 
         size = self._authorize(repository, digest, authorization)
 
-        if not self.driver.is_linked(repository, hex_digest):
+        try:
+            linked = self.driver.is_linked(repository, hex_digest)
+        except StorageError as exc:
+            log.error("cannot check the link of sha256:%s in %s in %s storage: %s",
+                      hex_digest, repository, self.driver.name, exc)
+            raise unavailable(f"cannot read the registry's storage: {exc}") from None
+        if not linked:
             log.warning("registry serves sha256:%s in %s but storage has no link for it; "
                         "does the sidecar read the registry's storage?", hex_digest, repository)
             raise blob_unknown(digest)

@@ -10,35 +10,44 @@ tenth when the manifest itself is read (its defaults
 rate_limit_after_segment = 10 and rate_limit_segments_per_sec = 1).
 """
 
-import concurrent.futures
 import logging
 import threading
 
 from registry_p2p import layout
 from registry_p2p.errors import BlobNotFound, ConfigError, StorageError
 from registry_p2p.storage.base import StorageDriver
+from registry_p2p.storage.parallel import ChunkReader, Part, PartReader, part_pool
 
 try:
+    import requests
+    import urllib3
     from swiftclient.client import ClientException, Connection
+    _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 except ImportError:
     # python-swiftclient is needed only with storage.driver = "swift";
     # from_config then raises ConfigError naming the package.
     ClientException = Connection = None
+    _TRANSPORT_ERRORS = ()
 
 log = logging.getLogger(__name__)
 
-SEGMENT_WORKERS = 4
+# Bytes per read of an object's body.
+CHUNK_SIZE = 1024 * 1024
 
 
 class SwiftDriver(StorageDriver):
     name = "swift"
 
-    def __init__(self, connect, container, prefix=""):
+    def __init__(self, connect, container, prefix="", read_concurrency=4):
         """``connect()`` returns a new swiftclient Connection; one is used per thread."""
         self._connect = connect
         self.container = container
         self.prefix = prefix.strip("/")
+        self.read_concurrency = read_concurrency
         self._local = threading.local()
+        self._connections = []
+        self._connections_lock = threading.Lock()
+        self._pool = part_pool(read_concurrency)
 
     @classmethod
     def from_config(cls, config):
@@ -56,14 +65,24 @@ class SwiftDriver(StorageDriver):
                               key=config["storage.swift.password"],
                               retries=3, timeout=60)
 
-        return cls(connect, config["storage.swift.container"], config["storage.swift.prefix"])
+        return cls(connect, config["storage.swift.container"], config["storage.swift.prefix"],
+                   config["storage.read_concurrency"])
 
     @property
     def connection(self):
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = self._connect()
+            with self._connections_lock:
+                self._connections.append(connection)
         return connection
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
 
     def object_name(self, relative_path):
         files = f"{self.prefix}/files" if self.prefix else "files"
@@ -87,14 +106,10 @@ class SwiftDriver(StorageDriver):
 
     def open(self, hex_digest, repository=None):
         name = self.object_name(layout.blob_data_path(hex_digest))
+        label = f"blob sha256:{hex_digest}"
         manifest = self._head(name).get("x-object-manifest")
         if manifest is None:
-            try:
-                _, body = self.connection.get_object(self.container, name,
-                                                     resp_chunk_size=1024 * 1024)
-            except ClientException as exc:
-                raise self._error(exc, name) from None
-            return _ChunkReader(body)
+            return ChunkReader(self._stream(self.container, name, 0))
 
         segment_container, _, segment_prefix = manifest.partition("/")
         try:
@@ -102,18 +117,30 @@ class SwiftDriver(StorageDriver):
                                                        full_listing=True)
         except ClientException as exc:
             raise self._error(exc, manifest) from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._transport_error(exc, manifest) from None
 
-        segments = [entry["name"] for entry in listing]
+        segments = [Part(entry["name"], int(entry["bytes"])) for entry in listing]
+        _check_numbering(segments, segment_container, label)
         log.debug("reading %s as %d segments of %s", name, len(segments), segment_container)
 
-        return _SegmentReader(self, segment_container, segments)
+        return PartReader(segments, lambda part, offset: self._stream(segment_container,
+                                                                      part.name, offset),
+                          label, self._pool, workers=self.read_concurrency)
 
-    def fetch_segment(self, container, name):
+    def _stream(self, container, name, offset):
+        """Yield an object's bytes from ``offset``; failures raise StorageError or BlobNotFound."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            _, content = self.connection.get_object(container, name)
+            _, body = self.connection.get_object(container, name, headers=headers,
+                                                 resp_chunk_size=CHUNK_SIZE)
+            yield from body
         except ClientException as exc:
             raise self._error(exc, f"{container}/{name}") from None
-        return content
+        except _TRANSPORT_ERRORS as exc:
+            # The connection may be half-read; the next request opens a new one.
+            self._drop_connection()
+            raise self._transport_error(exc, f"{container}/{name}") from None
 
     def _head(self, name):
         try:
@@ -121,84 +148,47 @@ class SwiftDriver(StorageDriver):
         except ClientException as exc:
             raise self._error(exc, name) from None
 
+    def _drop_connection(self):
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._connections_lock:
+                self._connections.remove(connection)
+            connection.close()
+
+    def _transport_error(self, exc, name):
+        log.warning("swift transfer of %s failed: %s", name, exc)
+        return StorageError(f"swift storage: transfer of {name} failed: {exc}")
+
     def _error(self, exc, name):
         if exc.http_status == 404:
             return BlobNotFound(f"swift object {self.container}/{name} not found")
+        if exc.http_status == 401:
+            log.error("swift rejected the sidecar's credentials reading %s/%s: %s",
+                      self.container, name, exc)
+            return StorageError(f"swift storage rejected the credentials (HTTP 401) reading "
+                                f"{self.container}/{name}; check the storage.swift settings "
+                                f"against the registry's")
 
         log.warning("swift request for %s/%s failed: %s", self.container, name, exc)
         return StorageError(f"swift storage: cannot read {self.container}/{name}: {exc}")
 
 
-class _ChunkReader:
-    """A file-like ``read()`` over an iterator of byte chunks."""
+def _check_numbering(segments, container, label):
+    """Raise StorageError if the numbered segments of a DLO have a gap.
 
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._buffer = b""
-        self._offset = 0
-
-    def read(self, size=-1):
-        # Slices copy only what is returned, so reading a 20 MiB segment in
-        # 1 MiB reads does not copy the segment's rest each time.
-        parts = []
-        remaining = size
-        while size < 0 or remaining > 0:
-            if self._offset >= len(self._buffer):
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._buffer, self._offset = chunk, 0
-                continue
-
-            end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + remaining)
-            parts.append(self._buffer[self._offset:end])
-            remaining -= end - self._offset
-            self._offset = end
-
-        return b"".join(parts)
-
-    def close(self):
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-
-class _SegmentReader(_ChunkReader):
-    """Segments fetched SEGMENT_WORKERS at a time and returned in order.
-
-    A failed segment raises StorageError from ``read()``. Memory use is
-    about SEGMENT_WORKERS + 1 segments.
+    distribution names segments ``%016d`` from 1, and a DLO is whatever the
+    listing holds, so a lost segment would otherwise read as a shorter
+    blob. Segments named otherwise are not checked.
     """
+    numbers = [segment.name.rpartition("/")[2] for segment in segments]
+    if not numbers or not all(number.isdigit() for number in numbers):
+        return
 
-    def __init__(self, driver, container, segments):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=SEGMENT_WORKERS,
-                                                           thread_name_prefix="swift-segment")
-        self._driver = driver
-        self._container = container
-        self._pending = list(segments)
-        self._window = []
-        super().__init__(self._in_order())
-
-    def _fill_window(self):
-        while self._pending and len(self._window) < SEGMENT_WORKERS:
-            name = self._pending.pop(0)
-            self._window.append(self._pool.submit(self._driver.fetch_segment,
-                                                  self._container, name))
-
-    def _in_order(self):
-        self._fill_window()
-        while self._window:
-            content = self._window.pop(0).result()
-            self._fill_window()
-            yield content
-
-    def close(self):
-        for future in self._window:
-            future.cancel()
-        self._pool.shutdown(wait=True)
+    expected = 1
+    for segment, number in zip(segments, numbers):
+        if int(number) != expected:
+            missing = segment.name[:-len(number)] + str(expected).zfill(len(number))
+            raise StorageError(f"swift storage: segment {container}/{missing} of {label} "
+                               f"is missing")
+        expected += 1

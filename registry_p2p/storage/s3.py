@@ -2,36 +2,51 @@
 
 Works with AWS S3 and S3-compatible stores (Ceph RGW, Swift's s3api,
 MinIO). Keys are ``<rootdirectory>/docker/registry/v2/...`` as
-distribution's s3 driver writes them.
+distribution's s3 driver writes them. A blob larger than one part is read
+as byte ranges fetched several at a time (see ``parallel``).
 """
 
+import contextlib
 import logging
 
 from registry_p2p import layout
 from registry_p2p.errors import BlobNotFound, ConfigError, StorageError
 from registry_p2p.storage.base import StorageDriver
+from registry_p2p.storage.parallel import ChunkReader, Part, PartReader, part_pool
 
 try:
+    import urllib3
     from botocore.exceptions import BotoCoreError, ClientError
     _BOTO_ERRORS = (BotoCoreError, ClientError)
+    # A body read that fails part-way may raise urllib3's errors directly.
+    _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 except ImportError:
     # boto3 is needed only with storage.driver = "s3"; from_config then
     # raises ConfigError naming the package.
-    _BOTO_ERRORS = ()
+    _BOTO_ERRORS = _TRANSPORT_ERRORS = ()
 
 log = logging.getLogger(__name__)
 
 # HTTP statuses and botocore error codes that mean "no such key".
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
+# Bytes per ranged GET of a large blob; blobs up to this size take one GET.
+PART_SIZE = 16 * 1024 * 1024
+# Bytes per read of a response body.
+CHUNK_SIZE = 1024 * 1024
+
 
 class S3Driver(StorageDriver):
     name = "s3"
 
-    def __init__(self, client, bucket, rootdirectory=""):
+    def __init__(self, client, bucket, rootdirectory="", read_concurrency=4,
+                 part_size=PART_SIZE):
         self.client = client
         self.bucket = bucket
         self.prefix = rootdirectory.strip("/")
+        self.read_concurrency = read_concurrency
+        self.part_size = part_size
+        self._pool = part_pool(read_concurrency)
 
     @classmethod
     def from_config(cls, config):
@@ -62,17 +77,14 @@ class S3Driver(StorageDriver):
             ),
         )
 
-        return cls(client, config["storage.s3.bucket"], config["storage.s3.rootdirectory"])
+        return cls(client, config["storage.s3.bucket"], config["storage.s3.rootdirectory"],
+                   config["storage.read_concurrency"])
 
     def key(self, relative_path):
         return f"{self.prefix}/{relative_path}" if self.prefix else relative_path
 
     def stat(self, hex_digest, repository=None):
-        key = self.key(layout.blob_data_path(hex_digest))
-        try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
-        except _BOTO_ERRORS as exc:
-            raise self._error(exc, key) from None
+        return self._size(self.key(layout.blob_data_path(hex_digest)))
 
     def is_linked(self, repository, hex_digest):
         key = self.key(layout.layer_link_path(repository, hex_digest))
@@ -86,17 +98,43 @@ class S3Driver(StorageDriver):
 
         return content.strip() == f"sha256:{hex_digest}".encode()
 
-    # NOTE: the body is read with one GET; ranged parallel reads of large
-    # blobs and turning mid-read botocore errors into StorageError are not
-    # done yet.
     def open(self, hex_digest, repository=None):
         key = self.key(layout.blob_data_path(hex_digest))
+        size = self._size(key)
+        label = f"blob sha256:{hex_digest}"
+        if size <= self.part_size:
+            return ChunkReader(self._stream(key))
+
+        parts = []
+        for start in range(0, size, self.part_size):
+            end = min(start + self.part_size, size)
+            parts.append(Part(f"bytes {start}-{end - 1}", end - start, start))
+
+        def fetch(part, offset):
+            return self._stream(key, part.offset + offset, part.offset + part.size)
+
+        return PartReader(parts, fetch, label, self._pool, workers=self.read_concurrency)
+
+    def _stream(self, key, start=None, end=None):
+        """Yield an object's bytes, or bytes ``start`` to ``end - 1``; failures raise StorageError."""
+        arguments = {"Bucket": self.bucket, "Key": key}
+        if start is not None:
+            arguments["Range"] = f"bytes={start}-{end - 1}"
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self.client.get_object(**arguments)["Body"]
+            with contextlib.closing(body):
+                yield from body.iter_chunks(CHUNK_SIZE)
+        except _BOTO_ERRORS + _TRANSPORT_ERRORS as exc:
+            raise self._error(exc, key) from None
+
+    def _size(self, key):
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
         except _BOTO_ERRORS as exc:
             raise self._error(exc, key) from None
 
     def close(self):
+        self._pool.shutdown(wait=True)
         self.client.close()
 
     def _error(self, exc, key):

@@ -1,54 +1,12 @@
 """Pure parts of the Swift driver and the driver table."""
 
-import random
-
 import pytest
 
 from registry_p2p import storage
 from registry_p2p.storage.base import StorageDriver
-from swift_backend.driver import SwiftDriver, _ChunkReader
-
-DATA = random.Random(1).randbytes(100_000)
-
-
-def _chunks(size):
-    return [DATA[start:start + size] for start in range(0, len(DATA), size)]
-
-
-def _read_all(reader, sizes):
-    parts = []
-    index = 0
-    while True:
-        part = reader.read(sizes[index % len(sizes)])
-        index += 1
-        if not part:
-            return b"".join(parts)
-        parts.append(part)
-
-
-@pytest.mark.parametrize("chunk_size, read_sizes", [
-    (3333, [7, 13, 1000, 99_999]),
-    (3333, [1] * 10 + [100_000]),
-    (100_000, [65_536]),
-    (1, [4096]),
-])
-def test_chunk_reader_returns_every_byte(chunk_size, read_sizes):
-    assert _read_all(_ChunkReader(_chunks(chunk_size)), read_sizes) == DATA
-
-
-def test_chunk_reader_read_all_then_empty():
-    reader = _ChunkReader([DATA[:10], DATA[10:]])
-
-    assert reader.read() == DATA
-    assert reader.read(5) == b""
-
-
-def test_chunk_reader_exact_sizes():
-    reader = _ChunkReader(_chunks(1000))
-
-    assert len(reader.read(2500)) == 2500
-    assert reader.read(500) == DATA[2500:3000]
-
+from registry_p2p.errors import StorageError
+from registry_p2p.storage.parallel import Part
+from swift_backend.driver import SwiftDriver, _check_numbering
 
 def test_swift_object_names_follow_prefix():
     with_prefix = SwiftDriver(connect=None, container="registry", prefix="/p2p/")
@@ -64,3 +22,23 @@ def test_driver_table_entries_load(name):
 
     assert issubclass(driver_class, StorageDriver)
     assert driver_class.name == name
+
+
+def _segments(*numbers, prefix="p2p/segments/abc/def"):
+    return [Part(f"{prefix}/{number:016d}", 10) for number in numbers]
+
+
+def test_numbered_segments_without_gap_pass():
+    _check_numbering(_segments(1, 2, 3), "registry", "blob")
+    _check_numbering([], "registry", "blob")
+
+
+@pytest.mark.parametrize("numbers, missing", [((1, 2, 4), 3), ((2, 3), 1), ((1, 3, 4, 5), 2)])
+def test_gap_in_numbered_segments_names_the_missing_one(numbers, missing):
+    with pytest.raises(StorageError, match=f"registry/p2p/segments/abc/def/{missing:016d} of blob"):
+        _check_numbering(_segments(*numbers), "registry", "blob")
+
+
+def test_segments_named_otherwise_are_not_checked():
+    _check_numbering([Part("p2p/segments/x/part-a", 1), Part("p2p/segments/x/part-c", 1)],
+                     "registry", "blob")
