@@ -21,6 +21,7 @@ from registry_p2p.sandbox.image import RandomLayer, build_image, push_image
 from registry_p2p.sandbox.p2p import SidecarService
 from registry_p2p.sandbox.registry import Registry
 from registry_p2p.sandbox.swift import Swift
+from swift_backend import driver as swift_driver
 
 pytestmark = [
     pytest.mark.integration,
@@ -192,6 +193,39 @@ def test_object_deleted_mid_read_fails_and_leaves_no_file(stack, tmp_path):
     assert len(segments) == 25
     assert _cache_files(cache.root, hex_digest) == []
     assert cache.load_info(hex_digest) is None
+
+
+def test_segment_transfer_resumes_at_offset(stack, monkeypatch):
+    hex_digest = stack.push_layer("fail/reset", 6 * SEGMENT_SIZE + 100, seed=108)
+    third = stack.segments(hex_digest)[2]
+    monkeypatch.setattr(swift_driver, "CHUNK_SIZE", 64 * 1024)
+    driver = stack.driver()
+    stream_object = driver._stream
+    offsets = []
+
+    def reset_once(container, name, offset):
+        """Stream the object, but drop the third segment's first transfer after one chunk."""
+        if name != third:
+            return stream_object(container, name, offset)
+        offsets.append(offset)
+        if len(offsets) > 1:
+            return stream_object(container, name, offset)
+        return _fail_after_first_chunk(stream_object(container, name, offset))
+
+    monkeypatch.setattr(driver, "_stream", reset_once)
+    try:
+        with driver.open(hex_digest) as stream:
+            content = stream.read()
+    finally:
+        driver.close()
+
+    assert hashlib.sha256(content).hexdigest() == hex_digest
+    assert offsets == [0, 64 * 1024]
+
+
+def _fail_after_first_chunk(chunks):
+    yield next(iter(chunks))
+    raise StorageError("connection reset by the test")
 
 
 def test_wrong_credentials_give_a_clear_error(stack, http, tmp_path):
