@@ -120,8 +120,9 @@ class SwiftDriver(StorageDriver):
         except _TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc, manifest) from None
 
-        segments = [Part(entry["name"], int(entry["bytes"])) for entry in listing]
-        _check_numbering(segments, segment_container, label)
+        listed = [Part(entry["name"], int(entry["bytes"])) for entry in listing]
+        segments = _complete_numbering(listed, segment_prefix, label,
+                                       lambda name: self._segment_size(segment_container, name))
         log.debug("reading %s as %d segments of %s", name, len(segments), segment_container)
 
         return PartReader(segments, lambda part, offset: self._stream(segment_container,
@@ -141,6 +142,21 @@ class SwiftDriver(StorageDriver):
             # The connection may be half-read; the next request opens a new one.
             self._drop_connection()
             raise self._transport_error(exc, f"{container}/{name}") from None
+
+    def _segment_size(self, container, name):
+        """Return the size of a segment missing from the listing, or None if it does not exist."""
+        try:
+            headers = self.connection.head_object(container, name)
+        except ClientException as exc:
+            if exc.http_status == 404:
+                return None
+            raise self._error(exc, f"{container}/{name}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise self._transport_error(exc, f"{container}/{name}") from None
+
+        log.info("segment %s/%s is not in the container listing yet; read it anyway",
+                 container, name)
+        return int(headers["content-length"])
 
     def _head(self, name):
         try:
@@ -174,21 +190,34 @@ class SwiftDriver(StorageDriver):
         return StorageError(f"swift storage: cannot read {self.container}/{name}: {exc}")
 
 
-def _check_numbering(segments, container, label):
-    """Raise StorageError if the numbered segments of a DLO have a gap.
+def _complete_numbering(listed, prefix, label, segment_size):
+    """Return a DLO's segments in order, with those the listing lacks, as distribution reads them.
 
-    distribution names segments ``%016d`` from 1, and a DLO is whatever the
-    listing holds, so a lost segment would otherwise read as a shorter
-    blob. Segments named otherwise are not checked.
+    distribution writes segments ``<prefix>/%016d`` from 1 and, because
+    container listings lag behind writes, looks up each number the listing
+    lacks until one is not found. A number that is not found while later
+    ones exist is a lost segment, which raises StorageError instead of
+    reading as a shorter blob. ``segment_size(name)`` returns a segment's
+    size or None. Segments named otherwise are returned as listed.
     """
-    numbers = [segment.name.rpartition("/")[2] for segment in segments]
-    if not numbers or not all(number.isdigit() for number in numbers):
-        return
+    by_number = {}
+    for segment in listed:
+        number = segment.name.removeprefix(f"{prefix}/")
+        if not number.isdigit() or segment.name == number:
+            return listed
+        by_number[int(number)] = segment
 
-    expected = 1
-    for segment, number in zip(segments, numbers):
-        if int(number) != expected:
-            missing = segment.name[:-len(number)] + str(expected).zfill(len(number))
-            raise StorageError(f"swift storage: segment {container}/{missing} of {label} "
-                               f"is missing")
-        expected += 1
+    segments = []
+    number = 1
+    while True:
+        name = f"{prefix}/{number:016d}"
+        if number in by_number:
+            segments.append(by_number[number])
+        else:
+            size = segment_size(name)
+            if size is None:
+                if any(later > number for later in by_number):
+                    raise StorageError(f"swift storage: segment {name} of {label} is missing")
+                return segments
+            segments.append(Part(name, size))
+        number += 1
