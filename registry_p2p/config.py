@@ -68,6 +68,13 @@ def http_url(value):
     return value.rstrip("/")
 
 
+def optional_http_url(value):
+    """Parse an http(s) URL, or the empty string for "not set"."""
+    if value == "":
+        return value
+    return http_url(value)
+
+
 def url_list(value):
     if not isinstance(value, list):
         raise ValueError("expected a list of URLs")
@@ -156,9 +163,10 @@ SIDECAR_OPTIONS = (
            "Announce URLs of the other sidecars' trackers, added to every torrent."),
     Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
            "Directory of verified blobs, their torrents and the seeder's socket."),
-    Option("storage.driver", choice("filesystem", "s3", "swift"), "filesystem",
+    Option("storage.driver", choice("filesystem", "s3", "swift", "registry"), "filesystem",
            "Storage driver that reads the registry's blobs: the same storage the "
-           "registry's config uses."),
+           "registry's config uses, or \"registry\" to read them through the "
+           "registry's HTTP API."),
     Option("storage.read_concurrency", positive_int, 4,
            "Parts of a large blob (Swift segments, S3 byte ranges) that the "
            "sidecar reads at once. Memory use per blob read is about one part "
@@ -185,6 +193,16 @@ SIDECAR_OPTIONS = (
            "service user only."),
     Option("storage.swift.container", string, "", "The registry's storage.swift.container."),
     Option("storage.swift.prefix", string, "", "The registry's storage.swift.prefix."),
+    Option("storage.registry.url", optional_http_url, "",
+           "URL of the registry API that the \"registry\" driver reads blobs "
+           "through; empty uses registry_url."),
+    Option("storage.registry.username", string, "",
+           "User name with which the \"registry\" driver logs in to the registry "
+           "(Basic auth, or the token service that the registry names). It needs pull "
+           "access to every repository. Empty sends no credentials."),
+    Option("storage.registry.password", string, "",
+           "Password of storage.registry.username; keep this file readable by the "
+           "service user only."),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
            "Address and port on which the seeder accepts BitTorrent peers."),
     Option("torrent.upload_rate_limit", non_negative_int, 0,

@@ -28,6 +28,18 @@ class DigestMismatch(StorageError):
     """Bytes read for a blob do not hash to its digest or have the wrong size."""
 
 
+class RegistryAuthError(RegistryP2PError):
+    """A registry's token service rejected fixed credentials or sent no usable token.
+
+    ``rejected`` is True when the service returned 401 or 403, which means
+    that the credentials are wrong or lack access.
+    """
+
+    def __init__(self, message, rejected=False):
+        super().__init__(message)
+        self.rejected = rejected
+
+
 class P2PError(RegistryP2PError):
     """A BitTorrent transfer failed; callers fall back to the registry."""
 

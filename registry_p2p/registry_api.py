@@ -9,6 +9,11 @@ from registry_p2p.errors import unavailable
 log = logging.getLogger(__name__)
 
 
+def blob_url(registry_url, repository, digest):
+    """Return the URL of ``/v2/<repository>/blobs/<digest>`` under a registry's base URL."""
+    return f"{registry_url.rstrip('/')}/v2/{repository}/blobs/{digest}"
+
+
 def head_blob(http, registry_url, repository, digest, authorization, timeout):
     """Send ``HEAD /v2/<repository>/blobs/<digest>`` with the client's Authorization.
 
@@ -16,7 +21,7 @@ def head_blob(http, registry_url, repository, digest, authorization, timeout):
     may read a blob. Returns the response, whatever its status; a connection
     failure raises RegistryHTTPError 503 UNAVAILABLE.
     """
-    url = f"{registry_url}/v2/{repository}/blobs/{digest}"
+    url = blob_url(registry_url, repository, digest)
     headers = {"Authorization": authorization} if authorization else {}
     try:
         return http.head(url, headers=headers, timeout=timeout, allow_redirects=False)

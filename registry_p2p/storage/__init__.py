@@ -15,6 +15,7 @@ from registry_p2p.storage.base import StorageDriver
 DRIVERS = {
     "filesystem": "registry_p2p.storage.filesystem:FilesystemDriver",
     "s3": "registry_p2p.storage.s3:S3Driver",
+    "registry": "registry_p2p.storage.registry:RegistryDriver",
     "swift": "swift_backend.driver:SwiftDriver",
 }
 
