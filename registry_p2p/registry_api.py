@@ -20,11 +20,16 @@ def head_blob(http, registry_url, repository, digest, authorization, timeout):
     This is how the agent and the sidecar ask the registry whether a client
     may read a blob. Returns the response, whatever its status; a connection
     failure raises RegistryHTTPError 503 UNAVAILABLE.
+
+    A registry whose storage serves blobs itself (distribution's s3 and
+    swift drivers, unless ``redirect.disable``) answers with a redirect to
+    a URL signed for HEAD, which is followed for the size. requests drops
+    the Authorization header when the redirect leaves the registry's host.
     """
     url = blob_url(registry_url, repository, digest)
     headers = {"Authorization": authorization} if authorization else {}
     try:
-        return http.head(url, headers=headers, timeout=timeout, allow_redirects=False)
+        return http.head(url, headers=headers, timeout=timeout, allow_redirects=True)
     except requests.RequestException as exc:
         log.warning("registry unreachable for HEAD %s: %s", url, exc)
         raise unavailable(f"registry {registry_url} unreachable: {type(exc).__name__}") from None
