@@ -217,6 +217,13 @@ SIDECAR_OPTIONS = (
            "from the registry host about once."),
     Option("tracker.peer_ttl", positive_int, 75,
            "Seconds after its last announce that a peer is dropped from the tracker."),
+    Option("notifications.secret", string, "",
+           "Shared secret of the registry's notification endpoint, which sends it "
+           "as 'Authorization: Bearer <secret>'. Empty turns /p2p/v1/notifications "
+           "off. Keep this file readable by the service user only."),
+    Option("notifications.preheat_min_size", non_negative_int, 1024 * 1024,
+           "Pushed blobs smaller than this many bytes are not preheated, because "
+           "agents fetch them from the registry (the agents' p2p.min_blob_size)."),
     Option("upstream_timeout", positive_seconds, 30.0,
            "Seconds to wait for the registry to connect or send data."),
     Option("log_level", LOG_LEVELS, "info", "Log level."),

@@ -7,9 +7,10 @@ from flask import Response, jsonify, request
 
 from registry_p2p import httpclient, storage
 from registry_p2p.blobcache import BlobCache
-from registry_p2p.errors import P2PError, unavailable
+from registry_p2p.errors import P2PError, RegistryHTTPError, unavailable
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
+from sidecar import notifications
 from sidecar.ipc import SeederClient
 from sidecar.origin import Origin
 from sidecar.seeder import tracker_urls
@@ -35,6 +36,7 @@ def create_app(config):
         seeder=seeder,
         trackers=tracker_urls(config),
     )
+    events = notifications.Notifications(origin, config["notifications.preheat_min_size"])
 
     def count_proxied_blob_bytes(sent):
         try:
@@ -67,6 +69,26 @@ def create_app(config):
 
         return Response(metainfo, content_type="application/x-bittorrent",
                         headers={"Docker-Content-Digest": digest})
+
+    @app.post("/p2p/v1/notifications")
+    def registry_notifications():
+        secret = config["notifications.secret"]
+        if not secret:
+            raise RegistryHTTPError(404, "UNSUPPORTED", "notifications are off on this sidecar",
+                                    detail="set notifications.secret to turn them on")
+        notifications.check_secret(request.headers.get("Authorization"), secret)
+        if request.mimetype not in (notifications.EVENTS_MEDIA_TYPE, "application/json"):
+            raise RegistryHTTPError(415, "UNSUPPORTED", "unsupported media type",
+                                    detail=f"expected {notifications.EVENTS_MEDIA_TYPE}")
+
+        body = request.stream.read(notifications.MAX_ENVELOPE_BYTES + 1)
+        if len(body) > notifications.MAX_ENVELOPE_BYTES:
+            raise RegistryHTTPError(413, "SIZE_INVALID", "notification envelope too large",
+                                    detail=f"at most {notifications.MAX_ENVELOPE_BYTES} bytes")
+        accepted = notifications.parse_envelope(body)
+        events.accept(accepted)
+
+        return jsonify({"accepted": len(accepted)})
 
     @app.get("/announce")
     def announce():

@@ -80,10 +80,44 @@ class Origin:
         except (KeyError, ValueError):
             raise unavailable("registry sent no Content-Length for the blob") from None
 
+    def preheat(self, repository, hex_digest, min_size):
+        """Cache and seed a blob pushed to ``repository``; return whether this call cached it.
+
+        No caller's credentials are involved: the push event came from the
+        registry, and the blob is served later only to callers the
+        registry authorizes. Blobs smaller than ``min_size`` are skipped,
+        as agents fetch those from the registry.
+        """
+        filled = False
+        if self.cache.load_info(hex_digest) is None:
+            if not self.driver.is_linked(repository, hex_digest):
+                log.info("not preheating sha256:%s: storage has no link to it in %s",
+                         hex_digest, repository)
+                return False
+            size = self.driver.stat(hex_digest, repository)
+            if size < min_size:
+                return False
+            filled = self._fill(repository, hex_digest, size)
+
+        self.seeder.call("seed", hex_digest=hex_digest)
+
+        return filled
+
+    def purge(self, hex_digest):
+        """Stop seeding a blob and delete it from the cache; return whether it was cached."""
+        with self.cache.lock(hex_digest):
+            if self.cache.load_info(hex_digest) is None:
+                return False
+            self.seeder.call("unseed", hex_digest=hex_digest)
+            self.cache.remove(hex_digest)
+
+        return True
+
     def _fill(self, repository, hex_digest, size):
+        """Copy a blob from storage into the cache; return False if it was there already."""
         with self.cache.lock(hex_digest):
             if self.cache.load_info(hex_digest) is not None:
-                return
+                return False
 
             try:
                 stored_size = self.driver.stat(hex_digest, repository)
@@ -104,3 +138,5 @@ class Origin:
         self.seeder.call("count", name="cache_fills", value=1)
         log.info("cached blob sha256:%s (%d bytes) from %s storage",
                  hex_digest, size, self.driver.name)
+
+        return True

@@ -24,7 +24,7 @@ from sidecar import ipc
 log = logging.getLogger(__name__)
 
 COUNTER_NAMES = ("proxied_blob_bytes", "storage_read_bytes", "metainfo_served", "cache_fills",
-                 "rejected_announces")
+                 "rejected_announces", "notification_events", "preheated_blobs", "purged_blobs")
 
 
 def tracker_urls(config):
@@ -59,6 +59,7 @@ class Seeder:
             "ping": self.ping,
             "announce": self.announce,
             "seed": self.seed,
+            "unseed": self.unseed,
             "count": self.count,
             "stats": self.stats,
         }
@@ -138,6 +139,19 @@ class Seeder:
             log.info("seeding blob sha256:%s as torrent %s", hex_digest, info_hash)
 
             return info_hash
+
+    def unseed(self, hex_digest):
+        """Stop seeding a blob; return whether it was seeded."""
+        with self._lock:
+            info_hash = self.seeded.pop(hex_digest, None)
+            if info_hash is None:
+                return False
+
+            self.seeded_info_hashes.discard(info_hash)
+            self.session.remove(info_hash).result(30)
+            log.info("stopped seeding blob sha256:%s (torrent %s)", hex_digest, info_hash)
+
+            return True
 
     def count(self, name, value):
         with self._lock:

@@ -89,8 +89,11 @@ class SidecarService(_Service):
     name = "sidecar"
 
     def __init__(self, workdir, registry_url, storage_root, host="127.0.0.1", netns=None,
-                 workers=2, storage=None, **options):
-        """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``."""
+                 workers=2, storage=None, sections=None, **options):
+        """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``.
+
+        ``sections`` adds config tables, such as {"notifications": {"secret": ...}}.
+        """
         super().__init__(workdir, host, netns)
         storage = storage or {"filesystem": {"rootdirectory": str(storage_root)}}
         (driver, driver_options), = storage.items()
@@ -99,6 +102,7 @@ class SidecarService(_Service):
             f"storage.{driver}": driver_options,
             "torrent": {"listen": f"{host}:{self.torrent_port}"},
             "tracker": {"interval": options.pop("tracker_interval", 10)},
+            **(sections or {}),
         }
         top = {
             "listen": f"{host}:{self.port}",
