@@ -1,0 +1,56 @@
+"""Byte sizes written as "1GiB", "20MiB" or "500MB" on the command line."""
+
+import decimal
+import re
+
+UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000 ** 2,
+    "gb": 1000 ** 3,
+    "tb": 1000 ** 4,
+    "kib": 1024,
+    "mib": 1024 ** 2,
+    "gib": 1024 ** 3,
+    "tib": 1024 ** 4,
+}
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+_BINARY_NAMES = (("TiB", 1024 ** 4), ("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024))
+
+
+def parse_size(text):
+    """Return the number of bytes in ``text``, such as "1GiB", "20MiB", "1.5GB" or "4096".
+
+    Units are B, KB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB
+    (powers of 1024), in any letter case. Raises ValueError for other units,
+    for sizes below one byte and for fractions of a byte.
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected a number and a unit, such as 1GiB or 20MiB")
+
+    number, unit = match.groups()
+    multiplier = UNITS.get(unit.lower())
+    if multiplier is None:
+        raise ValueError(f"invalid size {text!r}: unknown unit {unit!r}. "
+                         f"Use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
+
+    size = decimal.Decimal(number) * multiplier
+    if size != size.to_integral_value():
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    if size < 1:
+        raise ValueError(f"invalid size {text!r}: must be at least 1 byte")
+
+    return int(size)
+
+
+def format_size(size):
+    """Return ``size`` in the largest binary unit that divides it, such as "20 MiB", else in bytes."""
+    for name, multiplier in _BINARY_NAMES:
+        if size >= multiplier and size % multiplier == 0:
+            return f"{size // multiplier} {name}"
+
+    return f"{size} B"
