@@ -4,6 +4,7 @@ import argparse
 import faulthandler
 import logging
 import sys
+from pathlib import Path
 
 from registry_p2p import __version__, config as configuration, logs
 from registry_p2p.agent.upstreams import Upstreams
@@ -34,6 +35,77 @@ def _demo(args):
     logs.setup("warning", "registry-p2p-demo")
     return run_demo(agents=args.agents, layer_mib=args.layer_mib, workdir=args.workdir,
                     keep=args.keep)
+
+
+def _size_argument(text):
+    from registry_p2p.bench.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bench_swift(args):
+    from registry_p2p.bench import swift
+    from registry_p2p.bench.sizes import format_size
+    from registry_p2p.sandbox import SandboxError
+
+    logs.setup("warning", "registry-p2p-bench")
+    markdown = args.markdown or str(Path(args.output).with_suffix(".md"))
+    command = (f"registry-p2p bench swift --size {format_size(args.size).replace(' ', '')} "
+               f"--segment-size {format_size(args.segment_size).replace(' ', '')} "
+               f"--repeat {args.repeat}")
+    try:
+        swift.run(args.size, args.segment_size, args.repeat, args.output, markdown, command,
+                  workdir=args.workdir, keep=args.keep)
+    except SandboxError as exc:
+        print(f"registry-p2p: error: the sandbox Swift failed: {exc}", file=sys.stderr)
+        return 2
+
+
+def _bench_report(args):
+    from registry_p2p.bench import report
+
+    logs.setup("warning", "registry-p2p-bench")
+    report.render_file(args.input, args.output)
+    print(f"{args.output}: regenerated from {args.input}")
+
+
+def _add_bench_parser(commands):
+    bench = commands.add_parser(
+        "bench", help="run a benchmark on this machine and record it in docs/benchmarks.json, "
+                      "or regenerate docs/benchmarks.md from that file")
+    scenarios = bench.add_subparsers(dest="scenario", required=True)
+
+    swift = scenarios.add_parser(
+        "swift", help="start a single-node Swift, write a blob as the registry's swift driver "
+                      "does (a DLO) and read it with the storage driver and with one plain GET "
+                      "(needs the Debian Swift packages and root)")
+    swift.add_argument("--size", type=_size_argument, default="1GiB",
+                       help="blob size, such as 1GiB or 500MB (default 1GiB)")
+    swift.add_argument("--segment-size", type=_size_argument, default="20MiB",
+                       help="DLO segment size, the registry's storage.swift.chunksize "
+                            "(default 20MiB, the registry's default)")
+    swift.add_argument("--repeat", type=int, default=3,
+                       help="number of times to read the blob each way (default 3)")
+    swift.add_argument("--output", default="docs/benchmarks.json",
+                       help="JSON file of benchmark records to update (default docs/benchmarks.json)")
+    swift.add_argument("--markdown",
+                       help="Markdown file whose generated blocks are rewritten "
+                            "(default: --output with the suffix .md)")
+    swift.add_argument("--workdir", help="directory for Swift's data and logs (default: a new "
+                                         "temporary directory, removed at the end)")
+    swift.add_argument("--keep", action="store_true", help="keep the work directory")
+    swift.set_defaults(func=_bench_swift)
+
+    report = scenarios.add_parser(
+        "report", help="rewrite the generated blocks of the Markdown file from the JSON records")
+    report.add_argument("--input", default="docs/benchmarks.json",
+                        help="JSON file of benchmark records (default docs/benchmarks.json)")
+    report.add_argument("--output", default="docs/benchmarks.md",
+                        help="Markdown file to update (default docs/benchmarks.md)")
+    report.set_defaults(func=_bench_report)
 
 
 def _example_config(args):
@@ -85,6 +157,8 @@ def build_parser():
     check.add_argument("process", choices=("sidecar", "agent"))
     check.add_argument("config", help="config file (TOML)")
     check.set_defaults(func=_check_config)
+
+    _add_bench_parser(commands)
 
     return parser
 
