@@ -203,8 +203,11 @@ def _connect(swift, retries):
 
 def _read_parallel(swift, hex_digest):
     driver = storage.open_driver(_driver_config(swift))
-    with driver.open(hex_digest) as body:
-        return digest_chunks(iter(lambda: body.read(CHUNK_SIZE), b""))
+    try:
+        with driver.open(hex_digest) as body:
+            return digest_chunks(iter(lambda: body.read(CHUNK_SIZE), b""))
+    finally:
+        driver.close()
 
 
 def _read_plain(swift, name):
@@ -317,10 +320,6 @@ def run(size, segment_size, repeat, output, markdown, command, workdir=None, kee
     Swift is stopped and a temporary work directory removed also when a
     read fails or the run is interrupted.
     """
-    # swiftclient is imported only here, so that the pure parts of this
-    # module load without it.
-    from swift_backend.driver import SEGMENT_WORKERS
-
     if repeat < 1:
         raise BenchError(f"invalid --repeat {repeat}: must be at least 1")
 
@@ -334,7 +333,9 @@ def run(size, segment_size, repeat, output, markdown, command, workdir=None, kee
         _say(f"Starting Swift in {swift.workdir} ...")
         with running(swift):
             dlo_settings = read_dlo_settings(swift.swift_dir / "proxy-server.conf")
-            _say(f"Swift at {swift.endpoint}, dlo middleware settings {dlo_settings}")
+            read_concurrency = _driver_config(swift)["storage.read_concurrency"]
+            _say(f"Swift at {swift.endpoint}, dlo middleware settings {dlo_settings}, "
+                 f"SwiftDriver reads {read_concurrency} segments at a time")
             blob = _upload(swift, size, segment_size)
             runs = _repeat_reads(swift, blob, repeat)
     finally:
@@ -358,7 +359,7 @@ def run(size, segment_size, repeat, output, markdown, command, workdir=None, kee
             "segment_count": blob["segment_count"],
             "repeat": repeat,
             "read_chunk_bytes": CHUNK_SIZE,
-            "segments_read_at_once": SEGMENT_WORKERS,
+            "segments_read_at_once": read_concurrency,
             "cpu_saturated_at": SATURATED_BUSY_FRACTION,
         },
         "blob_sha256": blob["sha256"],
