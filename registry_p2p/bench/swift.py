@@ -211,10 +211,15 @@ def _read_parallel(swift, hex_digest):
 
 
 def _read_plain(swift, name):
+    from swiftclient.client import ClientException
+
     connection = _connect(swift, retries=0)
     try:
         _, body = connection.get_object(CONTAINER, name, resp_chunk_size=CHUNK_SIZE)
         return digest_chunks(body)
+    except ClientException as error:
+        raise BenchError(f"plain GET of {CONTAINER}/{name} failed: {error}. "
+                         f"Run again with --keep to look at Swift's logs in {swift.log_dir}") from error
     finally:
         connection.close()
 
@@ -274,10 +279,15 @@ def _drop_proxy_variables():
 
 
 def _upload(swift, size, segment_size):
+    from swiftclient.client import ClientException
+
     started = time.perf_counter()
     connection = _connect(swift, retries=0)
     try:
         hex_digest, name, segment_count = upload_blob(connection, size, segment_size)
+    except ClientException as error:
+        raise BenchError(f"writing the blob to Swift failed: {error}. "
+                         f"Run again with --keep to look at Swift's logs in {swift.log_dir}") from error
     finally:
         connection.close()
     seconds = time.perf_counter() - started
