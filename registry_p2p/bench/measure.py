@@ -81,10 +81,19 @@ def reset_peak_rss():
     return True
 
 
+def _status_bytes(field):
+    match = re.search(rf"^{field}:\s+(\d+) kB$", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) * 1024
+
+
+def rss_bytes():
+    """Return this process's resident set size (VmRSS in /proc/self/status) in bytes."""
+    return _status_bytes("VmRSS")
+
+
 def peak_rss_bytes():
     """Return this process's peak RSS (VmHWM in /proc/self/status) in bytes."""
-    match = re.search(r"^VmHWM:\s+(\d+) kB$", Path("/proc/self/status").read_text(), re.MULTILINE)
-    return int(match.group(1)) * 1024
+    return _status_bytes("VmHWM")
 
 
 def max_rss_bytes():
@@ -106,6 +115,9 @@ class Measurement:
     machine_cpu_seconds: float = 0.0
     bench_cpu_seconds: float = 0.0
     service_cpu_seconds: float = 0.0
+    # RSS at the start of the step, which includes memory that earlier steps
+    # freed but the allocator kept.
+    rss_at_start_bytes: int = 0
     # Peak RSS of this process during the step alone; None when the kernel
     # did not allow the reset at its start.
     peak_rss_bytes: int | None = None
@@ -129,6 +141,7 @@ class Measurement:
             "bench_cpu_seconds": round(self.bench_cpu_seconds, 2),
             "service_cpu_seconds": round(self.service_cpu_seconds, 2),
             "other_cpu_seconds": round(self.other_cpu_seconds, 2),
+            "rss_at_start_bytes": self.rss_at_start_bytes,
             "peak_rss_bytes": self.peak_rss_bytes,
             "max_rss_bytes": self.max_rss_bytes,
         }
@@ -148,6 +161,7 @@ def measure(service_pids=()):
     """
     measurement = Measurement()
     peak_reset = reset_peak_rss()
+    measurement.rss_at_start_bytes = rss_bytes()
     cpu_before = read_cpu_times()
     own_before = _own_cpu_seconds()
     services_before = _services_cpu_seconds(service_pids)

@@ -386,8 +386,9 @@ def run(size, segment_size, repeat, output, markdown, command, workdir=None, kee
 
     return record
 
-def _mib(value):
-    return "–" if value is None else f"{value / MIB:.0f}"
+def _rss(read):
+    peak = "–" if read["peak_rss_bytes"] is None else f"{read['peak_rss_bytes'] / MIB:.0f}"
+    return f"{read['rss_at_start_bytes'] / MIB:.0f} / {peak}"
 
 
 def _cpu_seconds(read):
@@ -423,9 +424,9 @@ def render(record):
 
     per_read = markdown_table(
         ["repeat", "read", "time (s)", "MB/s", "machine CPU busy",
-         "CPU s: bench / Swift / other", "peak RSS (MiB)"],
+         "CPU s: bench / Swift / other", "RSS at start / peak (MiB)"],
         [[run["repeat"], METHOD_NAMES[method], f"{read['seconds']:.2f}", f"{read['mb_per_s']:.0f}",
-          f"{100 * read['machine_cpu_busy']:.0f}%", _cpu_seconds(read), _mib(read["peak_rss_bytes"])]
+          f"{100 * read['machine_cpu_busy']:.0f}%", _cpu_seconds(read), _rss(read)]
          for run in runs for method, read in ((name, run["reads"][name]) for name in run["order"])],
         align="rlrrrrr")
 

@@ -15,6 +15,7 @@ def _read(method, seconds, busy, peak_rss_mib):
         "bench_cpu_seconds": 1.5,
         "service_cpu_seconds": 4.25,
         "other_cpu_seconds": 0.5,
+        "rss_at_start_bytes": 60 * 1024 * 1024,
         "peak_rss_bytes": peak_rss_mib * 1024 * 1024,
         "max_rss_bytes": 200 * 1024 * 1024,
         "mb_per_s": round(GIB / seconds / 1e6, 1),

@@ -54,6 +54,8 @@ def test_measure_fills_in_the_step():
     assert 0.0 <= measurement.machine_cpu_busy <= 1.0
     assert measurement.bench_cpu_seconds >= 0
     assert measurement.max_rss_bytes > 0
+    assert measurement.rss_at_start_bytes > 0
+    assert measurement.peak_rss_bytes >= measurement.rss_at_start_bytes
 
 
 def test_process_cpu_seconds_of_own_process():
