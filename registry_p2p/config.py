@@ -4,6 +4,10 @@ Each option is declared once below with its key, parser, default and help
 text. A process reads one TOML file; keys not declared are rejected, so a
 typo fails at start instead of being ignored. ``example_config`` renders
 the commented example files shipped in ``etc/``.
+
+A secret option (``secret=True``) also accepts ``<key>_file``, the path of
+a file that contains the value, so that the secret need not be in the
+config file itself.
 """
 
 import os
@@ -15,6 +19,10 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from registry_p2p.errors import ConfigError
+from registry_p2p.secret_file import read_secret_file
+
+# Appended to a secret option's key to name the file that contains its value.
+FILE_SUFFIX = "_file"
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,9 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    # A secret value is never shown in error messages and can be read from
+    # the file named by <key>_file.
+    secret: bool = False
 
 
 def positive_int(value):
@@ -171,14 +182,14 @@ SIDECAR_OPTIONS = (
            "Access key; empty uses boto3's usual sources (environment, "
            "~/.aws, instance role)."),
     Option("storage.s3.secretkey", string, "",
-           "Secret key; keep this file readable by the service user only."),
+           "Secret key; keep this file readable by the service user only.", secret=True),
     Option("storage.swift.authurl", string, "",
            "The registry's storage.swift.authurl (Swift v1 auth, e.g. tempauth's "
            ".../auth/v1.0)."),
     Option("storage.swift.username", string, "", "The registry's storage.swift.username."),
     Option("storage.swift.password", string, "",
            "The registry's storage.swift.password; keep this file readable by the "
-           "service user only."),
+           "service user only.", secret=True),
     Option("storage.swift.container", string, "", "The registry's storage.swift.container."),
     Option("storage.swift.prefix", string, "", "The registry's storage.swift.prefix."),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
@@ -275,21 +286,46 @@ def load(options, config_path=None, text=None):
         raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
 
     flat = _flatten(document, options)
-    unknown = sorted(set(flat) - {option.key for option in options})
+    known = {option.key for option in options}
+    known |= {option.key + FILE_SUFFIX for option in options if option.secret}
+    unknown = sorted(set(flat) - known)
     if unknown:
         raise ConfigError(f"config file {source}: unknown key {unknown[0]!r}; "
                           f"see the example config for the known keys")
 
+    # Relative secret file paths are relative to the config file, so that
+    # the sidecar finds them whatever its working directory is.
+    base_dir = Path(config_path).parent if config_path is not None else Path.cwd()
     values = {}
     for option in options:
-        raw = flat.get(option.key, option.default)
+        if option.secret and option.key + FILE_SUFFIX in flat:
+            raw = _secret_from_file(option, flat, source, base_dir)
+        else:
+            raw = flat.get(option.key, option.default)
+
         try:
             values[option.key] = option.parse(raw)
         except ValueError as exc:
+            shown_value = "(not shown: secret)" if option.secret else repr(raw)
             raise ConfigError(f"config file {source}: key {option.key!r} has invalid "
-                              f"value {raw!r}: {exc}") from None
+                              f"value {shown_value}: {exc}") from None
 
     return Config(values, source)
+
+
+def _secret_from_file(option, flat, source, base_dir):
+    """Return the value of secret ``option`` read from the file that ``<key>_file`` names."""
+    file_key = option.key + FILE_SUFFIX
+    if option.key in flat:
+        raise ConfigError(f"config file {source}: both {option.key!r} and {file_key!r} "
+                          f"are set; remove one of them")
+
+    raw_path = flat[file_key]
+    if not isinstance(raw_path, str) or not raw_path:
+        raise ConfigError(f"config file {source}: key {file_key!r} has invalid value "
+                          f"{raw_path!r}: expected a non-empty path string")
+
+    return read_secret_file(base_dir / raw_path, file_key)
 
 
 def _flatten(document, options, prefix=""):
@@ -322,6 +358,11 @@ def example_config(options, title):
             lines += ["", f"[{head}]"]
             section = head
         lines += _comment(option.help)
+        if option.secret:
+            lines += _comment(f"Instead of {leaf}, {leaf}{FILE_SUFFIX} may name a file "
+                              f"that contains the value (without {leaf}; mode 0600 or "
+                              f"0400; one trailing newline is removed; a relative path "
+                              f"is relative to this file).")
         lines.append(f"{leaf} = {_toml_value(option.default)}")
 
     for option in options:
