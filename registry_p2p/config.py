@@ -97,6 +97,22 @@ def string(value):
     return value
 
 
+def boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def swift_auth_version(value):
+    """Parse storage.swift.authversion: 0 (from authurl), 1 or 3."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1, 2, 3):
+        raise ValueError("expected 0, 1 or 3")
+    if value == 2:
+        raise ValueError("Keystone v2 is not supported; use 3 with Keystone's v3 URL")
+
+    return value
+
+
 def choice(*allowed):
     def parse(value):
         if value not in allowed:
@@ -184,12 +200,48 @@ SIDECAR_OPTIONS = (
     Option("storage.s3.secretkey", string, "",
            "Secret key; keep this file readable by the service user only.", secret=True),
     Option("storage.swift.authurl", string, "",
-           "The registry's storage.swift.authurl (Swift v1 auth, e.g. tempauth's "
-           ".../auth/v1.0)."),
+           "The registry's storage.swift.authurl: Swift v1 auth such as tempauth's "
+           ".../auth/v1.0, or Keystone's .../v3."),
+    Option("storage.swift.authversion", swift_auth_version, 0,
+           "The registry's storage.swift.authversion: 1 (tempauth, swauth) or 3 "
+           "(Keystone v3). 0 takes the version from authurl as the registry does: "
+           "3 if it contains 'v3', 1 if it contains 'v1'."),
     Option("storage.swift.username", string, "", "The registry's storage.swift.username."),
     Option("storage.swift.password", string, "",
            "The registry's storage.swift.password; keep this file readable by the "
            "service user only.", secret=True),
+    Option("storage.swift.tenant", string, "",
+           "The registry's storage.swift.tenant: with Keystone v3, the name of the "
+           "project that the token is scoped to."),
+    Option("storage.swift.tenantid", string, "",
+           "The registry's storage.swift.tenantid: with Keystone v3, the ID of the "
+           "project; used instead of tenant when set."),
+    Option("storage.swift.domain", string, "",
+           "The registry's storage.swift.domain: with Keystone v3, the name of the "
+           "user's domain, and of the project's domain when tenantdomain and "
+           "tenantdomainid are empty."),
+    Option("storage.swift.domainid", string, "",
+           "The registry's storage.swift.domainid: with Keystone v3, the ID of the "
+           "user's domain, used when domain is empty."),
+    Option("storage.swift.tenantdomain", string, "",
+           "The registry's storage.swift.tenantdomain: with Keystone v3, the name of "
+           "the project's domain. When it, tenantdomainid, domain and domainid are "
+           "all empty, the project is looked up in the domain named Default."),
+    Option("storage.swift.tenantdomainid", string, "",
+           "The registry's storage.swift.tenantdomainid: with Keystone v3, the ID of "
+           "the project's domain, used when tenantdomain is empty."),
+    Option("storage.swift.trustid", string, "",
+           "The registry's storage.swift.trustid: with Keystone v3, the ID of a trust "
+           "that the token is scoped to instead of a project."),
+    Option("storage.swift.region", string, "",
+           "The registry's storage.swift.region: with Keystone v3, the region of the "
+           "object-store endpoint in the catalog; empty takes the first endpoint."),
+    Option("storage.swift.endpointtype", choice("public", "internal", "admin"), "public",
+           "The registry's storage.swift.endpointtype: with Keystone v3, the "
+           "interface of the object-store endpoint in the catalog."),
+    Option("storage.swift.insecureskipverify", boolean, False,
+           "The registry's storage.swift.insecureskipverify: true skips the check of "
+           "the TLS certificates of Keystone and Swift."),
     Option("storage.swift.container", string, "", "The registry's storage.swift.container."),
     Option("storage.swift.prefix", string, "", "The registry's storage.swift.prefix."),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
