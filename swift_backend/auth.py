@@ -12,17 +12,24 @@ session and repeats the request, and the session authenticates again, so a
 read in progress continues.
 """
 
+import contextlib
 import logging
 
 from registry_p2p.errors import ConfigError
 
 try:
-    from keystoneauth1 import session as keystone_session
+    from keystoneauth1 import exceptions as keystone_exceptions, session as keystone_session
     from keystoneauth1.identity import v3 as keystone_identity
 except ImportError:
     # keystoneauth1 is needed only with Keystone v3; keystone_session_for()
     # then raises ConfigError naming the package.
-    keystone_session = keystone_identity = None
+    keystone_exceptions = keystone_session = keystone_identity = None
+
+try:
+    from swiftclient.exceptions import ClientException
+except ImportError:
+    # The driver raises ConfigError naming python-swiftclient before this is used.
+    ClientException = None
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +90,44 @@ def connection_options(config):
     }
 
 
+class SharedKeystoneSession:
+    """The keystoneauth1 Session of all of a driver's connections, as swiftclient calls it.
+
+    swiftclient repeats a request that got 401 only when the session's
+    invalidate() returns True. keystoneauth1 returns False when the token is
+    already invalidated, which happens when another thread's request got
+    401 a moment earlier, so this invalidate() always returns True. Errors of
+    Keystone become swiftclient's ClientException, which the driver handles.
+    """
+
+    def __init__(self, session, auth_url):
+        self.session = session
+        self.auth_url = auth_url
+
+    def get_endpoint(self, **kwargs):
+        with self._keystone_errors():
+            return self.session.get_endpoint(**kwargs)
+
+    def get_token(self):
+        with self._keystone_errors():
+            return self.session.get_token()
+
+    def invalidate(self):
+        log.info("swift returned 401: authenticating with Keystone at %s again", self.auth_url)
+        self.session.invalidate()
+        return True
+
+    @contextlib.contextmanager
+    def _keystone_errors(self):
+        try:
+            yield
+        except keystone_exceptions.ClientException as exc:
+            raise ClientException(f"Keystone authentication at {self.auth_url} failed: {exc}",
+                                  http_status=getattr(exc, "http_status", None)) from exc
+
+
 def keystone_session_for(config):
-    """Return a keystoneauth1 Session that authenticates with a v3 password."""
+    """Return a SharedKeystoneSession that authenticates with a v3 password."""
     if keystone_identity is None:
         raise ConfigError("storage.swift.authversion 3 (Keystone) needs keystoneauth1: "
                           "apt-get install python3-keystoneauth1, or pip install keystoneauth1")
@@ -93,9 +136,10 @@ def keystone_session_for(config):
     log.info("swift storage authenticates with Keystone v3 at %s as user %s",
              config["storage.swift.authurl"], config["storage.swift.username"])
 
-    return keystone_session.Session(auth=password,
-                                    verify=not config["storage.swift.insecureskipverify"],
-                                    timeout=TIMEOUT)
+    session = keystone_session.Session(auth=password,
+                                       verify=not config["storage.swift.insecureskipverify"],
+                                       timeout=TIMEOUT)
+    return SharedKeystoneSession(session, config["storage.swift.authurl"])
 
 
 def keystone_password_arguments(config):

@@ -3,9 +3,9 @@
 import logging
 
 import pytest
-from keystoneauth1 import access, session as keystone_session
+from keystoneauth1 import access, exceptions as keystone_exceptions, session as keystone_session
 from keystoneauth1.identity import v3 as keystone_identity
-from swiftclient.client import Connection
+from swiftclient.client import ClientException, Connection
 
 from registry_p2p import config
 from registry_p2p.errors import ConfigError
@@ -221,7 +221,8 @@ def test_keystone_connection_options():
     options = auth.connection_options(swift_config(region="RegionTwo",
                                                    endpointtype="internal"))
 
-    assert isinstance(options["session"], keystone_session.Session)
+    assert isinstance(options["session"], auth.SharedKeystoneSession)
+    assert isinstance(options["session"].session, keystone_session.Session)
     assert options["os_options"] == {"service_type": "object-store",
                                      "endpoint_type": "internal", "region_name": "RegionTwo"}
     assert (options["retries"], options["timeout"], options["insecure"]) == (
@@ -230,7 +231,7 @@ def test_keystone_connection_options():
 
 
 def test_keystone_session_plugin():
-    session = auth.connection_options(swift_config(domain="Users"))["session"]
+    session = auth.connection_options(swift_config(domain="Users"))["session"].session
     plugin = session.auth
     method = plugin.auth_methods[0]
 
@@ -246,7 +247,7 @@ def test_keystone_session_plugin():
 def test_keystone_insecureskipverify():
     options = auth.connection_options(swift_config(insecureskipverify=True))
 
-    assert options["session"].verify is False
+    assert options["session"].session.verify is False
     assert options["insecure"] is True
 
 
@@ -259,7 +260,8 @@ def test_keystone_insecureskipverify():
 def test_keystone_connection_picks_endpoint(monkeypatch, region, endpointtype, expected):
     options = auth.connection_options(swift_config(region=region, endpointtype=endpointtype))
     token = catalog_token(ENDPOINTS)
-    monkeypatch.setattr(options["session"].auth, "get_auth_ref", lambda session, **_: token)
+    monkeypatch.setattr(options["session"].session.auth, "get_auth_ref",
+                        lambda session, **_: token)
 
     storage_url, token_id = Connection(**options).get_auth()
 
@@ -275,3 +277,36 @@ def test_keystoneauth1_missing(monkeypatch):
 
     assert "python3-keystoneauth1" in str(caught.value)
     assert "pip install keystoneauth1" in str(caught.value)
+
+
+def test_shared_session_always_retries(monkeypatch):
+    session = auth.connection_options(swift_config())["session"]
+    token = catalog_token(ENDPOINTS)
+    monkeypatch.setattr(session.session.auth, "get_auth_ref", lambda session, **_: token)
+    session.get_token()
+
+    assert session.invalidate() is True
+    assert session.invalidate() is True
+    assert session.session.auth.auth_ref is None
+
+
+@pytest.mark.parametrize("error, status", [
+    pytest.param(keystone_exceptions.Unauthorized("The request you have made requires "
+                                                  "authentication."), 401, id="unauthorized"),
+    pytest.param(keystone_exceptions.ConnectFailure("Unable to establish connection"), None,
+                 id="connect-failure"),
+])
+def test_keystone_error_becomes_client_exception(monkeypatch, error, status):
+    options = auth.connection_options(swift_config())
+
+    def fail(session, **_):
+        raise error
+
+    monkeypatch.setattr(options["session"].session.auth, "get_auth_ref", fail)
+
+    with pytest.raises(ClientException) as caught:
+        Connection(**options).get_auth()
+
+    assert caught.value.http_status == status
+    assert KEYSTONE_URL in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)
