@@ -4,6 +4,10 @@ Each option is declared once below with its key, parser, default and help
 text. A process reads one TOML file; keys not declared are rejected, so a
 typo fails at start instead of being ignored. ``example_config`` renders
 the commented example files shipped in ``etc/``.
+
+A secret option (``secret=True``) also accepts ``<key>_file``, the path of
+a file that contains the value, so that the secret need not be in the
+config file itself.
 """
 
 import os
@@ -15,6 +19,10 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from registry_p2p.errors import ConfigError
+from registry_p2p.secret_file import read_secret_file
+
+# Appended to a secret option's key to name the file that contains its value.
+FILE_SUFFIX = "_file"
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,9 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    # A secret value is never shown in error messages and can be read from
+    # the file named by <key>_file.
+    secret: bool = False
 
 
 def positive_int(value):
@@ -90,6 +101,22 @@ def path(value):
 def string(value):
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    return value
+
+
+def boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def swift_auth_version(value):
+    """Parse storage.swift.authversion: 0 (from authurl), 1 or 3."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1, 2, 3):
+        raise ValueError("expected 0, 1 or 3")
+    if value == 2:
+        raise ValueError("Keystone v2 is not supported; use 3 with Keystone's v3 URL")
+
     return value
 
 
@@ -183,14 +210,50 @@ SIDECAR_OPTIONS = (
            "Access key; empty uses boto3's usual sources (environment, "
            "~/.aws, instance role)."),
     Option("storage.s3.secretkey", string, "",
-           "Secret key; keep this file readable by the service user only."),
+           "Secret key; keep this file readable by the service user only.", secret=True),
     Option("storage.swift.authurl", string, "",
-           "The registry's storage.swift.authurl (Swift v1 auth, e.g. tempauth's "
-           ".../auth/v1.0)."),
+           "The registry's storage.swift.authurl: Swift v1 auth such as tempauth's "
+           ".../auth/v1.0, or Keystone's .../v3."),
+    Option("storage.swift.authversion", swift_auth_version, 0,
+           "The registry's storage.swift.authversion: 1 (tempauth, swauth) or 3 "
+           "(Keystone v3). 0 takes the version from authurl as the registry does: "
+           "3 if it contains 'v3', 1 if it contains 'v1'."),
     Option("storage.swift.username", string, "", "The registry's storage.swift.username."),
     Option("storage.swift.password", string, "",
            "The registry's storage.swift.password; keep this file readable by the "
-           "service user only."),
+           "service user only.", secret=True),
+    Option("storage.swift.tenant", string, "",
+           "The registry's storage.swift.tenant: with Keystone v3, the name of the "
+           "project that the token is scoped to."),
+    Option("storage.swift.tenantid", string, "",
+           "The registry's storage.swift.tenantid: with Keystone v3, the ID of the "
+           "project; used instead of tenant when set."),
+    Option("storage.swift.domain", string, "",
+           "The registry's storage.swift.domain: with Keystone v3, the name of the "
+           "user's domain, and of the project's domain when tenantdomain and "
+           "tenantdomainid are empty."),
+    Option("storage.swift.domainid", string, "",
+           "The registry's storage.swift.domainid: with Keystone v3, the ID of the "
+           "user's domain, used when domain is empty."),
+    Option("storage.swift.tenantdomain", string, "",
+           "The registry's storage.swift.tenantdomain: with Keystone v3, the name of "
+           "the project's domain. When it, tenantdomainid, domain and domainid are "
+           "all empty, the project is looked up in the domain named Default."),
+    Option("storage.swift.tenantdomainid", string, "",
+           "The registry's storage.swift.tenantdomainid: with Keystone v3, the ID of "
+           "the project's domain, used when tenantdomain is empty."),
+    Option("storage.swift.trustid", string, "",
+           "The registry's storage.swift.trustid: with Keystone v3, the ID of a trust "
+           "that the token is scoped to instead of a project."),
+    Option("storage.swift.region", string, "",
+           "The registry's storage.swift.region: with Keystone v3, the region of the "
+           "object-store endpoint in the catalog; empty takes the first endpoint."),
+    Option("storage.swift.endpointtype", choice("public", "internal", "admin"), "public",
+           "The registry's storage.swift.endpointtype: with Keystone v3, the "
+           "interface of the object-store endpoint in the catalog."),
+    Option("storage.swift.insecureskipverify", boolean, False,
+           "The registry's storage.swift.insecureskipverify: true skips the check of "
+           "the TLS certificates of Keystone and Swift."),
     Option("storage.swift.container", string, "", "The registry's storage.swift.container."),
     Option("storage.swift.prefix", string, "", "The registry's storage.swift.prefix."),
     Option("storage.registry.url", optional_http_url, "",
@@ -202,7 +265,7 @@ SIDECAR_OPTIONS = (
            "access to every repository. Empty sends no credentials."),
     Option("storage.registry.password", string, "",
            "Password of storage.registry.username; keep this file readable by the "
-           "service user only."),
+           "service user only.", secret=True),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
            "Address and port on which the seeder accepts BitTorrent peers."),
     Option("torrent.upload_rate_limit", non_negative_int, 0,
@@ -220,7 +283,7 @@ SIDECAR_OPTIONS = (
     Option("notifications.secret", string, "",
            "Shared secret of the registry's notification endpoint, which sends it "
            "as 'Authorization: Bearer <secret>'. Empty turns /p2p/v1/notifications "
-           "off. Keep this file readable by the service user only."),
+           "off. Keep this file readable by the service user only.", secret=True),
     Option("notifications.preheat_min_size", non_negative_int, 1024 * 1024,
            "Pushed blobs smaller than this many bytes are not preheated, because "
            "agents fetch them from the registry (the agents' p2p.min_blob_size)."),
@@ -304,21 +367,46 @@ def load(options, config_path=None, text=None):
         raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
 
     flat = _flatten(document, options)
-    unknown = sorted(set(flat) - {option.key for option in options})
+    known = {option.key for option in options}
+    known |= {option.key + FILE_SUFFIX for option in options if option.secret}
+    unknown = sorted(set(flat) - known)
     if unknown:
         raise ConfigError(f"config file {source}: unknown key {unknown[0]!r}; "
                           f"see the example config for the known keys")
 
+    # Relative secret file paths are relative to the config file, so that
+    # the sidecar finds them whatever its working directory is.
+    base_dir = Path(config_path).parent if config_path is not None else Path.cwd()
     values = {}
     for option in options:
-        raw = flat.get(option.key, option.default)
+        if option.secret and option.key + FILE_SUFFIX in flat:
+            raw = _secret_from_file(option, flat, source, base_dir)
+        else:
+            raw = flat.get(option.key, option.default)
+
         try:
             values[option.key] = option.parse(raw)
         except ValueError as exc:
+            shown_value = "(not shown: secret)" if option.secret else repr(raw)
             raise ConfigError(f"config file {source}: key {option.key!r} has invalid "
-                              f"value {raw!r}: {exc}") from None
+                              f"value {shown_value}: {exc}") from None
 
     return Config(values, source)
+
+
+def _secret_from_file(option, flat, source, base_dir):
+    """Return the value of secret ``option`` read from the file that ``<key>_file`` names."""
+    file_key = option.key + FILE_SUFFIX
+    if option.key in flat:
+        raise ConfigError(f"config file {source}: both {option.key!r} and {file_key!r} "
+                          f"are set; remove one of them")
+
+    raw_path = flat[file_key]
+    if not isinstance(raw_path, str) or not raw_path:
+        raise ConfigError(f"config file {source}: key {file_key!r} has invalid value "
+                          f"{raw_path!r}: expected a non-empty path string")
+
+    return read_secret_file(base_dir / raw_path, file_key)
 
 
 def _flatten(document, options, prefix=""):
@@ -351,6 +439,11 @@ def example_config(options, title):
             lines += ["", f"[{head}]"]
             section = head
         lines += _comment(option.help)
+        if option.secret:
+            lines += _comment(f"Instead of {leaf}, {leaf}{FILE_SUFFIX} may name a file "
+                              f"that contains the value (without {leaf}; mode 0600 or "
+                              f"0400; one trailing newline is removed; a relative path "
+                              f"is relative to this file).")
         lines.append(f"{leaf} = {_toml_value(option.default)}")
 
     for option in options:

@@ -17,6 +17,7 @@ from registry_p2p import layout
 from registry_p2p.errors import BlobNotFound, ConfigError, StorageError
 from registry_p2p.storage.base import StorageDriver
 from registry_p2p.storage.parallel import ChunkReader, Part, PartReader, part_pool
+from swift_backend import auth
 
 try:
     import requests
@@ -58,12 +59,12 @@ class SwiftDriver(StorageDriver):
             raise ConfigError("storage.driver is \"swift\" but storage.swift.container is empty; "
                               "set it to the registry's storage.swift.container")
 
+        options = auth.connection_options(config)
+
         def connect():
-            # swiftclient authenticates again by itself when a token expires (401).
-            return Connection(authurl=config["storage.swift.authurl"],
-                              user=config["storage.swift.username"],
-                              key=config["storage.swift.password"],
-                              retries=3, timeout=60)
+            # swiftclient authenticates again by itself when a token expires
+            # (401), through the shared keystoneauth1 session with Keystone v3.
+            return Connection(**options)
 
         return cls(connect, config["storage.swift.container"], config["storage.swift.prefix"],
                    config["storage.read_concurrency"])

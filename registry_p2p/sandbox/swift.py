@@ -1,4 +1,4 @@
-"""A single-node OpenStack Swift (proxy, account, container and object servers) with tempauth and s3api."""
+"""A single-node OpenStack Swift (proxy, account, container and object servers) with tempauth and s3api, or with Keystone."""
 
 import logging
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import requests
 
 from registry_p2p.sandbox import SandboxError
+from registry_p2p.sandbox.keystone import Keystone
 from registry_p2p.sandbox.process import ManagedProcess, clean_environment, free_port, require_binary
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ PROXY_PIPELINE = (
     "ratelimit s3api tempauth copy container-quotas account-quotas slo dlo versioned_writes "
     "proxy-logging proxy-server"
 )
+# With Keystone: authtoken validates the token with Keystone and keystoneauth
+# maps the token's roles on its project to the account AUTH_<project id>.
+# s3api is left out because it would need s3token and EC2 credentials.
+KEYSTONE_PROXY_PIPELINE = PROXY_PIPELINE.replace("s3api tempauth", "authtoken keystoneauth")
 
 # Middleware sections that need nothing but their entry point.
 _PLAIN_FILTERS = (
@@ -58,6 +63,12 @@ class Swift:
     Clients authenticate with tempauth v1 at `auth_url` using `user` and `key`,
     or speak S3 to `endpoint` with `user` as access key and `key` as secret
     key (region `region`, path-style addressing).
+
+    With a started `keystone`, the proxy authenticates with Keystone instead
+    of tempauth and s3api: start() registers the proxy as the object-store
+    endpoint `<endpoint>/v1/AUTH_$(project_id)s`, and `auth_url` is
+    Keystone's v3 URL. Tokens are validated with Keystone on every request,
+    without a cache, so a revoked token is rejected at once.
     """
 
     def __init__(
@@ -67,6 +78,7 @@ class Swift:
         user: str = "test:tester",
         key: str = "testing",
         start_timeout: float = 60.0,
+        keystone: Keystone | None = None,
     ):
         """Describe a Swift, which start() runs.
 
@@ -82,6 +94,7 @@ class Swift:
         self.user = user
         self.key = key
         self.start_timeout = start_timeout
+        self.keystone = keystone
         self.region = S3_REGION
         self.proxy_port = 0
         self.memcached_port = 0
@@ -114,7 +127,12 @@ class Swift:
 
     @property
     def auth_url(self) -> str:
-        """Tempauth v1 URL, which returns X-Auth-Token and X-Storage-Url for X-Auth-User and X-Auth-Key."""
+        """Tempauth v1 URL, which returns X-Auth-Token and X-Storage-Url for X-Auth-User and X-Auth-Key.
+
+        With Keystone, Keystone's v3 URL.
+        """
+        if self.keystone is not None:
+            return self.keystone.auth_url
         return f"{self.endpoint}/auth/v1.0"
 
     @property
@@ -150,6 +168,8 @@ class Swift:
         started = time.monotonic()
         try:
             self._syslog_sink.bind((self.host, 0))
+            if self.keystone is not None:
+                self.keystone.add_object_store(f"{self.endpoint}/v1/AUTH_$(project_id)s")
             self._write_configuration()
             self._build_rings(ring_builder)
             self._start_processes(memcached, proxy, storage_binaries)
@@ -178,7 +198,13 @@ class Swift:
         self.stop()
 
     def get_token(self) -> tuple[str, str]:
-        """Authenticate with tempauth and return (storage URL, token). Raises SandboxError on failure."""
+        """Authenticate with tempauth and return (storage URL, token). Raises SandboxError on failure.
+
+        With Keystone, authenticate as Keystone's admin on its project.
+        """
+        if self.keystone is not None:
+            return self._keystone_admin_token()
+
         with requests.Session() as http:
             http.trust_env = False
             try:
@@ -222,7 +248,10 @@ class Swift:
             process.wait_http(f"http://{self.host}:{self.storage_ports[name]}/healthcheck",
                               self.start_timeout, expect_status=200)
         proxy_process.wait_http(f"{self.endpoint}/healthcheck", self.start_timeout, expect_status=200)
-        proxy_process.wait_for(self._token_available, self.start_timeout, f"a tempauth token from {self.auth_url}")
+        proxy_process.wait_for(self._token_available, self.start_timeout, f"a token from {self.auth_url}")
+        if self.keystone is not None:
+            proxy_process.wait_for(self._keystone_token_accepted, self.start_timeout,
+                                   "the proxy to accept a Keystone token")
 
     def _add_process(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
         process = ManagedProcess(name, argv, self.log_dir / f"{name}.log", env=env)
@@ -245,6 +274,30 @@ class Swift:
             return False
 
         return True
+
+    def _keystone_admin_token(self) -> tuple[str, str]:
+        token, body = self.keystone.authenticate(self.keystone.admin_user, self.keystone.admin_password,
+                                                 self.keystone.admin_project)
+        for service in body.get("catalog", []):
+            if service["type"] != "object-store":
+                continue
+            for endpoint in service["endpoints"]:
+                if endpoint["interface"] == "public":
+                    return endpoint["url"], token
+
+        raise SandboxError(f"Keystone at {self.keystone.url} returned no public object-store endpoint")
+
+    def _keystone_token_accepted(self) -> bool:
+        """Whether the proxy accepts Keystone's admin token on its account (HEAD returns 2xx)."""
+        storage_url, token = self._keystone_admin_token()
+        with requests.Session() as http:
+            http.trust_env = False
+            try:
+                response = http.head(storage_url, headers={"X-Auth-Token": token}, timeout=5.0)
+            except requests.RequestException:
+                return False
+
+        return response.ok
 
     def _conf_path(self, server: str) -> Path:
         return self.swift_dir / f"{server}-server.conf"
@@ -294,21 +347,45 @@ class Swift:
 
         proxy_sections = {
             "DEFAULT": self._common_options(self.proxy_port),
-            "pipeline:main": {"pipeline": PROXY_PIPELINE},
+            "pipeline:main": {"pipeline": PROXY_PIPELINE if self.keystone is None else KEYSTONE_PROXY_PIPELINE},
             "app:proxy-server": {
                 "use": "egg:swift#proxy",
                 "allow_account_management": "true",
                 "account_autocreate": "true",
             },
             "filter:cache": {"use": "egg:swift#memcache", "memcache_servers": f"{self.host}:{self.memcached_port}"},
-            "filter:s3api": {"use": "egg:swift#s3api", "location": self.region},
-            "filter:tempauth": {"use": "egg:swift#tempauth", f"user_{account}_{user}": f"{self.key} .admin"},
         }
+        if self.keystone is None:
+            proxy_sections["filter:s3api"] = {"use": "egg:swift#s3api", "location": self.region}
+            proxy_sections["filter:tempauth"] = {"use": "egg:swift#tempauth",
+                                                 f"user_{account}_{user}": f"{self.key} .admin"}
+        else:
+            proxy_sections.update(self._keystone_filters())
         for name in _PLAIN_FILTERS:
             proxy_sections[f"filter:{name}"] = {"use": f"egg:swift#{name.replace('-', '_')}"}
         # Swift 2.30 warns at start that SHA-1, which it still allows by default, is deprecated.
         proxy_sections["filter:tempurl"]["allowed_digests"] = "sha256 sha512"
         self._conf_path("proxy").write_text(_ini(proxy_sections))
+
+    def _keystone_filters(self) -> dict[str, dict[str, str]]:
+        """Return the authtoken and keystoneauth sections; authtoken validates tokens as Keystone's admin."""
+        return {
+            "filter:authtoken": {
+                "paste.filter_factory": "keystonemiddleware.auth_token:filter_factory",
+                "www_authenticate_uri": self.keystone.url,
+                "auth_url": self.keystone.url,
+                "auth_type": "password",
+                "username": self.keystone.admin_user,
+                "password": self.keystone.admin_password,
+                "project_name": self.keystone.admin_project,
+                "user_domain_id": "default",
+                "project_domain_id": "default",
+                "delay_auth_decision": "true",
+                # -1 turns the token cache off, so a revoked token fails at once.
+                "token_cache_time": "-1",
+            },
+            "filter:keystoneauth": {"use": "egg:swift#keystoneauth", "operator_roles": "admin, member"},
+        }
 
     def _common_options(self, port: int) -> dict[str, str]:
         return {

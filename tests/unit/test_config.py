@@ -1,5 +1,6 @@
 """Unit tests of registry_p2p.config: defaults, the example files and validation."""
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -365,3 +366,176 @@ def test_registries_single_table():
 
     with pytest.raises(ConfigError):
         load_agent(text)
+
+
+# Secret options from files
+
+
+def write_secret(path, content, mode=0o600):
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def load_sidecar_file(tmp_path, text):
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    return config.load(SIDECAR_OPTIONS, path)
+
+
+def secret_error(tmp_path, text):
+    with pytest.raises(ConfigError) as caught:
+        load_sidecar_file(tmp_path, text)
+    return str(caught.value)
+
+
+def test_secret_options_declared():
+    secret_keys = {option.key for option in SIDECAR_OPTIONS if option.secret}
+
+    assert secret_keys == {"storage.swift.password", "storage.s3.secretkey",
+                           "storage.registry.password", "notifications.secret"}
+
+
+def test_secret_read_from_file(tmp_path):
+    secret = write_secret(tmp_path / "password", b"s3cr3t\n")
+
+    loaded = load_sidecar_file(tmp_path, f'[storage.swift]\npassword_file = "{secret}"\n')
+
+    assert loaded["storage.swift.password"] == "s3cr3t"
+
+
+def test_secret_file_dotted_key(tmp_path):
+    secret = write_secret(tmp_path / "secretkey", b"key")
+
+    loaded = load_sidecar_file(tmp_path, f'storage.s3.secretkey_file = "{secret}"\n')
+
+    assert loaded["storage.s3.secretkey"] == "key"
+
+
+@pytest.mark.parametrize("content, expected", [
+    pytest.param(b"s3cr3t", "s3cr3t", id="no-newline"),
+    pytest.param(b"s3cr3t\n", "s3cr3t", id="one-newline"),
+    pytest.param(b"s3cr3t\r\n", "s3cr3t", id="crlf"),
+    pytest.param(b"s3cr3t\n\n", "s3cr3t\n", id="two-newlines"),
+    pytest.param(b" s3cr3t \n", " s3cr3t ", id="spaces-kept"),
+    pytest.param("pässwörd\n".encode(), "pässwörd", id="utf-8"),
+])
+def test_secret_file_one_newline_stripped(tmp_path, content, expected):
+    secret = write_secret(tmp_path / "password", content)
+
+    loaded = load_sidecar_file(tmp_path, f'[storage.swift]\npassword_file = "{secret}"\n')
+
+    assert loaded["storage.swift.password"] == expected
+
+
+def test_secret_file_relative_to_config(tmp_path):
+    write_secret(tmp_path / "password", b"relative\n")
+
+    loaded = load_sidecar_file(tmp_path, '[storage.swift]\npassword_file = "password"\n')
+
+    assert loaded["storage.swift.password"] == "relative"
+
+
+def test_secret_file_mode_0400(tmp_path):
+    secret = write_secret(tmp_path / "password", b"read-only", mode=0o400)
+
+    loaded = load_sidecar_file(tmp_path, f'[storage.swift]\npassword_file = "{secret}"\n')
+
+    assert loaded["storage.swift.password"] == "read-only"
+
+
+def test_secret_file_through_symlink(tmp_path):
+    secret = write_secret(tmp_path / "password", b"linked")
+    link = tmp_path / "current"
+    link.symlink_to(secret)
+
+    loaded = load_sidecar_file(tmp_path, f'[storage.swift]\npassword_file = "{link}"\n')
+
+    assert loaded["storage.swift.password"] == "linked"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o620, 0o604, 0o602, 0o644, 0o666])
+def test_secret_file_shared_mode_rejected(tmp_path, mode):
+    secret = write_secret(tmp_path / "password", b"s3cr3t", mode=mode)
+
+    message = secret_error(tmp_path, f'[storage.swift]\npassword_file = "{secret}"\n')
+
+    assert str(secret) in message
+    assert f"{mode:04o}" in message
+    assert "s3cr3t" not in message
+
+
+def test_secret_file_missing(tmp_path):
+    missing = tmp_path / "missing"
+
+    message = secret_error(tmp_path, f'[storage.swift]\npassword_file = "{missing}"\n')
+
+    assert str(missing) in message
+    assert "not found" in message
+
+
+def test_secret_file_directory_rejected(tmp_path):
+    directory = tmp_path / "secrets"
+    directory.mkdir(mode=0o700)
+
+    message = secret_error(tmp_path, f'[storage.swift]\npassword_file = "{directory}"\n')
+
+    assert str(directory) in message
+    assert "not a regular file" in message
+
+
+def test_secret_file_fifo_rejected(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+
+    message = secret_error(tmp_path, f'[storage.swift]\npassword_file = "{fifo}"\n')
+
+    assert "not a regular file" in message
+
+
+def test_secret_file_not_utf8(tmp_path):
+    secret = write_secret(tmp_path / "password", b"\xff\xfe")
+
+    message = secret_error(tmp_path, f'[storage.swift]\npassword_file = "{secret}"\n')
+
+    assert "UTF-8" in message
+
+
+def test_secret_inline_and_file_rejected(tmp_path):
+    secret = write_secret(tmp_path / "password", b"from-file")
+    text = f'[storage.swift]\npassword = "inline"\npassword_file = "{secret}"\n'
+
+    message = secret_error(tmp_path, text)
+
+    assert "'storage.swift.password'" in message
+    assert "'storage.swift.password_file'" in message
+
+
+@pytest.mark.parametrize("value", ['""', "42"])
+def test_secret_file_key_invalid_value(tmp_path, value):
+    message = secret_error(tmp_path, f"[storage.swift]\npassword_file = {value}\n")
+
+    assert "'storage.swift.password_file'" in message
+
+
+def test_file_key_of_plain_option_unknown(tmp_path):
+    message = secret_error(tmp_path, '[storage.swift]\nusername_file = "user"\n')
+
+    assert "'storage.swift.username_file'" in message
+
+
+def test_invalid_secret_value_not_shown():
+    with pytest.raises(ConfigError) as caught:
+        config.load(SIDECAR_OPTIONS, text="[storage.swift]\npassword = 987654321\n")
+
+    assert "'storage.swift.password'" in str(caught.value)
+    assert "987654321" not in str(caught.value)
+
+
+def test_example_mentions_secret_file():
+    example = config.example_config(SIDECAR_OPTIONS, "example")
+    comment_text = " ".join(line.removeprefix("# ") for line in example.splitlines()
+                            if line.startswith("# "))
+
+    assert "password_file may name a file" in comment_text
+    assert "secretkey_file may name a file" in comment_text
