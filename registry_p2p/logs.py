@@ -51,5 +51,10 @@ def new_request_id(incoming=None):
     return request_id
 
 
+def clear_request_id():
+    """Mark log lines as outside any request, for work between requests."""
+    _request_id.set("-")
+
+
 def current_request_id():
     return _request_id.get()

@@ -32,7 +32,7 @@ def gunicorn_options(listen, workers, threads, log_level):
         "bind": [bind],
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": "registry_p2p.worker.PlainHTTPThreadWorker",
         # Blob responses stream for minutes; the gthread worker's heartbeat
         # does not depend on request duration, so this only bounds a hung
         # worker.

@@ -50,15 +50,21 @@ def ctr_pull(
     plain_http: bool = True,
     snapshotter: str = "native",
     namespace: str = DEFAULT_NAMESPACE,
+    user: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Pull and unpack `reference` into the containerd at `address`, and return the result unchecked.
 
     Registry hosts are configured only by `hosts_dir` (see write_hosts_toml).
     The native snapshotter works on any filesystem, unlike overlayfs.
+    `user` is "name:password", which ctr sends to every host it contacts,
+    mirrors included. ctr reads a password from a terminal only, so it
+    goes on the command line.
     """
     args = ["images", "pull", "--hosts-dir", str(hosts_dir), "--snapshotter", snapshotter]
     if plain_http:
         args.append("--plain-http")
+    if user is not None:
+        args += ["--user", user]
     args.append(reference)
 
     started = time.monotonic()

@@ -43,10 +43,12 @@ class Dockerd:
 
     It writes into `workdir`: data/ (data root), exec/ (exec root, which
     contains the socket of its own containerd), docker.sock, docker.pid,
-    daemon.json and dockerd.log. When `workdir` is too long for containerd's
+    daemon.json, dockerd.log and cli/ (the docker CLI's DOCKER_CONFIG, where
+    login() stores credentials). When `workdir` is too long for containerd's
     socket paths, exec/ and docker.sock go to a new directory under /tmp
     instead, which stop() deletes. daemon.json is passed with --config-file,
-    so /etc/docker/daemon.json is not read.
+    so /etc/docker/daemon.json is not read, and the CLI never reads or
+    writes ~/.docker.
     """
 
     def __init__(
@@ -91,6 +93,11 @@ class Dockerd:
     def host(self) -> str:
         """Value for `docker -H` and DOCKER_HOST."""
         return f"unix://{self.socket_path}"
+
+    @property
+    def cli_config_dir(self) -> Path:
+        """DOCKER_CONFIG of every docker CLI command run by docker()."""
+        return self.workdir / "cli"
 
     @property
     def containerd_address(self) -> str:
@@ -166,14 +173,30 @@ class Dockerd:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def docker(self, *args: str, timeout: float | None = 300.0) -> subprocess.CompletedProcess:
-        """Run the docker CLI against this dockerd and return its result, with output as text."""
+    def docker(self, *args: str, timeout: float | None = 300.0,
+               input: str | None = None) -> subprocess.CompletedProcess:
+        """Run the docker CLI against this dockerd and return its result, with output as text.
+
+        `input` is sent to the command's stdin.
+        """
         if self._docker is None:
             raise SandboxError("dockerd was not started")
 
         argv = [self._docker, "-H", self.host, *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=clean_environment(remove=("DOCKER_HOST", "DOCKER_CONTEXT")), check=False)
+        env = clean_environment(remove=("DOCKER_HOST", "DOCKER_CONTEXT"))
+        env["DOCKER_CONFIG"] = str(self.cli_config_dir)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
+                              env=env, check=False)
+
+    def login(self, registry: str, username: str, password: str) -> subprocess.CompletedProcess:
+        """Run `docker login` to `registry` ("host:port") and return its result unchecked.
+
+        dockerd checks the credentials against the registry, through its
+        proxy if it has one, and the CLI stores them in cli_config_dir for
+        later pulls. The password goes to stdin, not onto the command line.
+        """
+        return self.docker("login", "--username", username, "--password-stdin", registry,
+                           input=password)
 
     def pull(self, reference: str) -> subprocess.CompletedProcess:
         """Run `docker pull reference` and return its result without checking the exit status."""

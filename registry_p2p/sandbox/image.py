@@ -1,5 +1,6 @@
-"""Build OCI image layouts from local files or random bytes, and push them with skopeo."""
+"""Build OCI image layouts from local files or random bytes, and push and pull them with skopeo."""
 
+import base64
 import hashlib
 import json
 import logging
@@ -315,3 +316,66 @@ def push_image(image: ImageInfo, reference: str, tls_verify: bool = False, creds
         )
 
     log.info("pushed %s to %s in %.1f s", image.manifest_digest, reference, time.monotonic() - started)
+
+
+def write_registries_conf(path: Path, registry: str, mirror: str) -> Path:
+    """Write a containers-registries.conf(5) file that pulls `registry` through `mirror` first.
+
+    Both are "host:port" and are reached over plain HTTP. Returns `path`.
+    """
+    Path(path).write_text(
+        f'[[registry]]\n'
+        f'location = "{registry}"\n'
+        f'insecure = true\n'
+        f'\n'
+        f'[[registry.mirror]]\n'
+        f'location = "{mirror}"\n'
+        f'insecure = true\n'
+    )
+    return Path(path)
+
+
+def write_auth_file(path: Path, credentials: dict[str, tuple[str, str]]) -> Path:
+    """Write a containers-auth.json(5) file with (user, password) per "host:port" and return `path`."""
+    auths = {
+        host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode("ascii")}
+        for host, (user, password) in credentials.items()
+    }
+    Path(path).write_text(json.dumps({"auths": auths}, indent=2) + "\n")
+    return Path(path)
+
+
+def pull_to_layout(
+    reference: str,
+    out_dir: Path,
+    creds: str | None = None,
+    authfile: Path | None = None,
+    registries_conf: Path | None = None,
+) -> subprocess.CompletedProcess:
+    """Copy `reference` ("host:port/name:tag") into an OCI image layout at `out_dir` with skopeo.
+
+    Returns skopeo's result unchecked. `creds` is "user:password" for
+    `--src-creds`, which containers/image sends to the registry named in
+    `reference` but not to its mirrors. `authfile` is a file written by
+    write_auth_file. `registries_conf` replaces /etc/containers/registries.conf,
+    to configure mirrors. skopeo 1.9 takes it only from its hidden
+    --registries-conf option and ignores CONTAINERS_REGISTRIES_CONF.
+    """
+    skopeo = require_binary("skopeo", "skopeo")
+    argv = [skopeo]
+    if registries_conf is not None:
+        argv += ["--registries-conf", str(registries_conf)]
+    argv += ["copy", "--quiet", "--src-tls-verify=false"]
+    if creds is not None:
+        argv += ["--src-creds", creds]
+    if authfile is not None:
+        argv += ["--src-authfile", str(authfile)]
+    argv += [f"docker://{reference}", f"oci:{out_dir}"]
+
+    env = clean_environment(remove=("REGISTRY_AUTH_FILE",))
+    started = time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    log.info("skopeo copy of %s finished with status %d in %.1f s",
+             reference, result.returncode, time.monotonic() - started)
+
+    return result

@@ -1,7 +1,11 @@
 """A docker token service for a sandbox registry with ``auth.token``.
 
-It checks Basic credentials against a user table and grants every action
-requested in ``repository:<name>:<actions>`` scopes to a known user. Tokens
+It checks credentials against a user table and grants every action
+requested in ``repository:<name>:<actions>`` scopes to a known user. Docker
+Engine and skopeo send a GET with Basic credentials. containerd 1.6 first
+POSTs an OAuth2 password grant (form fields ``grant_type=password``,
+``username``, ``password``, ``scope``) and gives up on a 501 reply, so the
+service accepts both. Tokens
 are ES256 JWTs signed with a key generated at start, whose self-signed
 certificate is the registry's ``rootcertbundle``. The registry finds the
 key by the ``kid`` header, which distribution derives from the public key
@@ -157,6 +161,9 @@ class TokenIssuer:
         except (binascii.Error, UnicodeDecodeError):
             return None
 
+        return self._known_user(user, password)
+
+    def _known_user(self, user: str, password: str) -> str | None:
         if user in self.users and secrets.compare_digest(self.users[user], password):
             return user
         return None
@@ -199,6 +206,34 @@ class TokenIssuer:
                 issuer._record(user, scopes, int(HTTPStatus.OK))
                 self._reply(HTTPStatus.OK, {"token": token, "access_token": token,
                                             "expires_in": issuer.expires_in})
+
+            def do_POST(self):
+                url = urlsplit(self.path)
+                if url.path != TOKEN_PATH:
+                    self._reply(HTTPStatus.NOT_FOUND, {"details": "not found"})
+                    return
+
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode("utf-8", errors="replace"))
+                scopes = form.get("scope", [])
+                if form.get("grant_type") != ["password"]:
+                    issuer._record(None, scopes, int(HTTPStatus.BAD_REQUEST))
+                    self._reply(HTTPStatus.BAD_REQUEST, {"error": "unsupported_grant_type"})
+                    return
+
+                user = issuer._known_user(form.get("username", [""])[0],
+                                          form.get("password", [""])[0])
+                if user is None:
+                    issuer._record(None, scopes, int(HTTPStatus.UNAUTHORIZED))
+                    self._reply(HTTPStatus.UNAUTHORIZED, {"error": "invalid_grant"})
+                    return
+
+                token = issuer.issue(user, parse_scopes(scopes))
+                issuer._record(user, scopes, int(HTTPStatus.OK))
+                self._reply(HTTPStatus.OK, {
+                    "access_token": token, "scope": " ".join(scopes),
+                    "expires_in": issuer.expires_in,
+                    "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
             def _reply(self, status, document, headers=None):
                 body = json.dumps(document).encode()

@@ -7,6 +7,7 @@ partial or unverified file.
 import hashlib
 import json
 import socket
+import ssl
 import threading
 
 import pytest
@@ -256,3 +257,24 @@ def test_push_through_sidecar(make_stack, small_image):
     result = pull_image(stack.agents[0].url, stack.registry.hostport, REPOSITORY, "pushed")
 
     assert result.complete
+
+
+def test_tls_handshake_closed_at_once(make_stack, http):
+    """A TLS ClientHello on the plain HTTP port ends in a closed connection, not a wait.
+
+    containers/image clients try HTTPS first on an insecure mirror and fall
+    back to plain HTTP only once that attempt fails.
+    """
+    stack = make_stack(agent_count=1)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    for service in (stack.agents[0], stack.sidecar):
+        # The timeout is far above the time a close takes; with a server
+        # that waits for the request line, the handshake runs into it.
+        with socket.create_connection(("127.0.0.1", service.port), timeout=60) as conn:
+            with pytest.raises(OSError) as caught:
+                context.wrap_socket(conn, server_hostname="127.0.0.1")
+        assert not isinstance(caught.value, TimeoutError), service.url
+        assert http.get(f"{service.url}/healthz").status_code == 200, service.url
