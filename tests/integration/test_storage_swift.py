@@ -81,17 +81,20 @@ def test_swift_driver_reads_dlo(swift_stack, dlo_image):
                                            full_listing=True)
     connection.close()
 
-    with driver.open(hex_digest) as body:
-        sha256 = hashlib.sha256()
-        while chunk := body.read(1024 * 1024):
-            sha256.update(chunk)
+    try:
+        with driver.open(hex_digest) as body:
+            sha256 = hashlib.sha256()
+            while chunk := body.read(1024 * 1024):
+                sha256.update(chunk)
 
-    assert len(segments) > 20
-    assert driver.stat(hex_digest) == layer.size
-    assert sha256.hexdigest() == hex_digest
-    assert driver.is_linked(REPOSITORY, hex_digest)
-    assert not driver.is_linked("other/app", hex_digest)
-    with pytest.raises(BlobNotFound):
-        driver.stat("ab" * 32)
-    with pytest.raises(BlobNotFound):
-        driver.open("ab" * 32)
+        assert len(segments) > 20
+        assert driver.stat(hex_digest) == layer.size
+        assert sha256.hexdigest() == hex_digest
+        assert driver.is_linked(REPOSITORY, hex_digest)
+        assert not driver.is_linked("other/app", hex_digest)
+        with pytest.raises(BlobNotFound):
+            driver.stat("ab" * 32)
+        with pytest.raises(BlobNotFound):
+            driver.open("ab" * 32)
+    finally:
+        driver.close()

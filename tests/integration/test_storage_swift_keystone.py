@@ -86,7 +86,9 @@ container = "{CONTAINER}"
 prefix = "/{PREFIX}"
 ''')
 
-    return storage.open_driver(configuration.load(configuration.SIDECAR_OPTIONS, config_path))
+    driver = storage.open_driver(configuration.load(configuration.SIDECAR_OPTIONS, config_path))
+    yield driver
+    driver.close()
 
 
 def _big_layer(image):
