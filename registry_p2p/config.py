@@ -190,6 +190,10 @@ SIDECAR_OPTIONS = (
            "Announce URLs of the other sidecars' trackers, added to every torrent."),
     Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
            "Directory of verified blobs, their torrents and the seeder's socket."),
+    Option("cache_sweep_interval", non_negative_int, 3600,
+           "Seconds between checks of every cached blob against storage; blobs "
+           "that the registry's garbage collection removed are purged. 0 turns "
+           "the checks off."),
     Option("storage.driver", choice("filesystem", "s3", "swift", "registry"), "filesystem",
            "Storage driver that reads the registry's blobs: the same storage the "
            "registry's config uses, or \"registry\" to read them through the "

@@ -14,6 +14,7 @@ from sidecar import notifications
 from sidecar.ipc import SeederClient
 from sidecar.origin import Origin
 from sidecar.seeder import tracker_urls
+from sidecar.sweeper import StorageSweeper
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def create_app(config):
         trackers=tracker_urls(config),
     )
     events = notifications.Notifications(origin, config["notifications.preheat_min_size"])
+    StorageSweeper(origin, config["cache_sweep_interval"]).start()
 
     def count_proxied_blob_bytes(sent):
         try:

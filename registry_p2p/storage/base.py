@@ -21,6 +21,9 @@ class StorageDriver(ABC):
     """
 
     name = "abstract"
+    # Whether stat and open need the repository, as reads through the
+    # registry's API do; such a driver cannot check a blob on its own.
+    needs_repository = False
 
     @classmethod
     @abstractmethod

@@ -55,6 +55,7 @@ def describe_exception(exc):
 
 class RegistryDriver(StorageDriver):
     name = "registry"
+    needs_repository = True
 
     def __init__(self, registry_url, username="", password="", timeout=30.0, http=None):
         self.registry_url = registry_url.rstrip("/")

@@ -1,6 +1,7 @@
 """The registry's notifications preheat pushed layers and purge deleted ones on the sidecar."""
 
 import json
+import shutil
 import time
 
 import pytest
@@ -170,3 +171,31 @@ def test_notifications_off_without_secret(tmp_path, http):
 
     assert response.status_code == 404
     assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_blob_removed_by_garbage_collection_is_purged(tmp_path, small_image, http):
+    registry = Registry(tmp_path / "registry", port=free_port("127.0.0.1"))
+    sidecar = SidecarService(tmp_path / "sidecar", registry.url, registry.root_directory,
+                             sections={"notifications": {"secret": SECRET}},
+                             cache_sweep_interval=1)
+    registry.config_overrides = {"notifications": {"endpoints": [{
+        "name": "registry-p2p", "url": f"{sidecar.url}/p2p/v1/notifications",
+        "headers": {"Authorization": [f"Bearer {SECRET}"]}, "timeout": "5s",
+        "threshold": 3, "backoff": "1s"}]}}
+    big_layers = _big_layers(small_image)
+    removed = big_layers[0].digest.split(":", 1)[1]
+
+    with registry, sidecar:
+        push_image(small_image, f"{registry.hostport}/{REPOSITORY}:v1")
+        _wait_for(sidecar, lambda stats: stats["seeded_blobs"] == len(big_layers), "preheating")
+
+        # What `registry garbage-collect` does to an unreferenced blob.
+        shutil.rmtree(registry.root_directory / "docker" / "registry" / "v2" / "blobs" /
+                      "sha256" / removed[:2] / removed)
+        stats = _wait_for(sidecar, lambda stats: stats["purged_blobs"] == 1, "the sweep")
+
+    assert stats["seeded_blobs"] == len(big_layers) - 1
+    assert not (sidecar.cache_dir / "blobs" / removed[:2] / removed).exists()
+    for layer in big_layers[1:]:
+        kept = layer.digest.split(":", 1)[1]
+        assert (sidecar.cache_dir / "blobs" / kept[:2] / kept).exists()
