@@ -10,6 +10,7 @@ import logging
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3.exceptions
 from flask import Response, request
 
 from registry_p2p.errors import RegistryHTTPError
@@ -116,6 +117,18 @@ class BodyDigestMismatch(Exception):
     """Error raised when a streamed blob does not hash to its digest, which drops the connection."""
 
 
+class ShortUpstreamBody(Exception):
+    """Error raised when an upstream body breaks or ends before its Content-Length, which drops the connection."""
+
+
+def _declared_length(upstream):
+    """Return the upstream response's Content-Length as an int, or None."""
+    try:
+        return int(upstream.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def stream_response(upstream, on_body_bytes=None, expected_digest=None):
     """Wrap an open ``requests`` response (stream=True) into a Flask Response.
 
@@ -124,6 +137,13 @@ def stream_response(upstream, on_body_bytes=None, expected_digest=None):
     Otherwise BodyDigestMismatch is raised inside the WSGI iterator, which
     makes the server drop the connection, so the client never receives a
     complete body with wrong bytes.
+
+    A body that breaks, or ends before the upstream's Content-Length, raises
+    ShortUpstreamBody there for the same reason: the registry (Go's
+    net/http) closes the connection after a short body, for instance after
+    the message of a 416, whose Content-Length is the blob's. Left open,
+    the client's connection would wait for the missing bytes until the
+    keep-alive timeout.
     """
     def chunks():
         return upstream.raw.stream(STREAM_CHUNK, decode_content=False)
@@ -147,23 +167,36 @@ def stream_response(upstream, on_body_bytes=None, expected_digest=None):
 
     def body():
         sent = 0
+        broken = False
         try:
             if request_method != "HEAD":
                 source = chunks() if expected_digest is None else verified(chunks())
                 for chunk in source:
                     sent += len(chunk)
                     yield chunk
-        except (requests.RequestException, OSError) as exc:
-            # Too late for an error status: closing the connection early
-            # lets the client see a short body.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # Too late for an error status: the connection is dropped below,
+            # so the client sees a short body.
             log.warning("upstream body from %s broke after %d bytes: %s",
                         _without_query(upstream.url), sent, exc)
+            broken = True
         finally:
             upstream.close()
             if on_body_bytes is not None:
                 on_body_bytes(sent)
 
+        if broken:
+            raise ShortUpstreamBody(_without_query(upstream.url))
+
+        if expected_length is not None and sent < expected_length:
+            log.warning("upstream body from %s ended after %d of its %d bytes; dropping the "
+                        "client connection", _without_query(upstream.url), sent, expected_length)
+            raise ShortUpstreamBody(_without_query(upstream.url))
+
     request_method = request.method
+    expected_length = None
+    if request_method != "HEAD" and upstream.status_code not in (204, 304):
+        expected_length = _declared_length(upstream)
     response = Response(body(), status=upstream.status_code, direct_passthrough=True)
     response.headers.clear()
     for name, value in end_to_end_headers(upstream.headers):

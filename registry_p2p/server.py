@@ -1,10 +1,23 @@
 """Run a Flask app under gunicorn from a registry-p2p config (no gunicorn.conf needed)."""
 
+import contextvars
 import logging
+import select
+import socket
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 log = logging.getLogger(__name__)
+
+# The first byte of a TLS record that carries a handshake (a ClientHello).
+TLS_HANDSHAKE_RECORD = b"\x16"
+# The response of docker-registry (Go's net/http) to a request it cannot parse.
+BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Connection: close\r\n\r\n400 Bad Request")
+# How long a new connection may take to send its first byte before the
+# TLS check is skipped and gunicorn reads the request as usual.
+FIRST_BYTE_WAIT = 1.0
 
 
 class GunicornServer(BaseApplication):
@@ -24,6 +37,57 @@ class GunicornServer(BaseApplication):
         return self._app_factory()
 
 
+def _starts_with_tls_handshake(sock):
+    """Return whether the first bytes waiting on a new connection are a TLS handshake record."""
+    try:
+        readable, _, _ = select.select([sock], [], [], FIRST_BYTE_WAIT)
+        if not readable:
+            return False
+        first = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError, ValueError):
+        return False
+    except OSError as exc:
+        log.debug("cannot read the first byte of a connection: %s", exc)
+        return False
+
+    return first == TLS_HANDSHAKE_RECORD
+
+
+class PlainHTTPWorker(ThreadWorker):
+    """gunicorn's gthread worker, which responds to a TLS handshake on its plain HTTP port with 400.
+
+    Clients that try HTTPS first and fall back to HTTP (skopeo, podman
+    and other containers/image users, for a registry marked insecure)
+    would otherwise wait for their TLS handshake timeout, 10 s, on every
+    connection: gunicorn waits for the CRLF of a request line, which a
+    ClientHello does not contain. docker-registry responds with 400 at
+    once, and the client moves on to HTTP.
+    """
+
+    def handle(self, conn):
+        if not getattr(conn, "tls_checked", False):
+            conn.tls_checked = True
+            # A new context, because the thread's context still carries the
+            # id of the last request it served.
+            contextvars.Context().run(self._reject_tls_handshake, conn)
+
+        # After a rejection gunicorn reads end of file, and closes the
+        # connection as it does for any client that went away.
+        return super().handle(conn)
+
+    @staticmethod
+    def _reject_tls_handshake(conn):
+        if not _starts_with_tls_handshake(conn.sock):
+            return
+
+        log.info("rejected a TLS handshake from %s on the plain HTTP port", conn.client)
+        try:
+            conn.sock.sendall(BAD_REQUEST)
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError as exc:
+            log.info("cannot reject the TLS handshake from %s: %s", conn.client, exc)
+
+
 def gunicorn_options(listen, workers, threads, log_level):
     host, port = listen
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -32,7 +96,7 @@ def gunicorn_options(listen, workers, threads, log_level):
         "bind": [bind],
         "workers": workers,
         "threads": threads,
-        "worker_class": "registry_p2p.worker.PlainHTTPThreadWorker",
+        "worker_class": f"{__name__}.{PlainHTTPWorker.__name__}",
         # Blob responses stream for minutes; the gthread worker's heartbeat
         # does not depend on request duration, so this only bounds a hung
         # worker.

@@ -8,11 +8,16 @@ registry, so the P2P layer never fails a pull.
 import concurrent.futures
 import hashlib
 import logging
+import os
+import re
 import threading
 import time
 
 import requests
-from flask import request, send_file
+from flask import Response, request
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import parse_range_header
+from werkzeug.wsgi import wrap_file
 
 from registry_p2p import torrent
 from registry_p2p.errors import P2PError
@@ -23,6 +28,15 @@ log = logging.getLogger(__name__)
 
 SIDECAR_FINGERPRINT = "-RS"
 HASH_CHUNK = 1024 * 1024
+
+# Headers that distribution 2.8 sends with every blob it serves itself,
+# sent the same way with a blob from the cache.
+BLOB_CACHE_CONTROL = "max-age=31536000"
+API_VERSION_HEADER = "Docker-Distribution-Api-Version"
+API_VERSION = "registry/2.0"
+# A suffix range of zero bytes ("bytes=-0"), which werkzeug 2.2 reads as
+# the whole blob.
+_EMPTY_SUFFIX_RANGE = re.compile(r"=\s*-0+\s*\Z")
 
 
 COUNTERS = ("from_sidecars", "from_peers", "from_registry", "from_cache", "fallbacks")
@@ -70,6 +84,29 @@ class BlobStats:
         return {"totals": totals, "blobs": blobs}
 
 
+def single_range(header, size):
+    """Return whether a GET with ``Range: header`` can be served from a blob of ``size`` bytes.
+
+    True without a Range header, or for one byte range that overlaps the
+    blob. werkzeug, which serves the cached file, has no
+    multipart/byteranges responses, ignores a malformed header and answers
+    416 to a suffix longer than the blob, where the registry (Go's
+    net/http) answers 206 with the whole blob; such requests go to the
+    registry instead.
+    """
+    if header is None:
+        return True
+
+    if _EMPTY_SUFFIX_RANGE.search(header):
+        return False
+
+    parsed = parse_range_header(header)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return False
+
+    return parsed.range_for_length(size) is not None
+
+
 class BlobService:
     def __init__(self, config, session, cache, http, upstreams):
         self.session = session
@@ -105,13 +142,21 @@ class BlobService:
             # blob: the client gets the registry's own response and body.
             return pass_through(self.http, registry.url + upstream_target, self.timeout)
 
+        if not single_range(request.headers.get("Range"), size):
+            # Several ranges, or a malformed or unsatisfiable one: the
+            # registry's response (206 multipart/byteranges, 416) is the one
+            # the client would get without the agent, and it needs no
+            # download.
+            return self._from_registry(registry, hex_digest, upstream_target, source=None)
+
         if self.cache.load_info(hex_digest) is not None:
-            if not request.headers.get("Range"):
+            response = self._send(hex_digest, digest)
+            if response.status_code == 200:
                 self.stats.record(hex_digest, from_cache=size)
-            return self._send(hex_digest, digest)
+            return response
 
         if size < self.min_blob_size or not registry.sidecars:
-            return self._from_registry(registry, hex_digest, upstream_target, fallback=False)
+            return self._from_registry(registry, hex_digest, upstream_target, source="registry")
 
         try:
             self._fetch_once(registry, repository, digest, hex_digest, size, authorization)
@@ -119,7 +164,7 @@ class BlobService:
             log.warning("P2P fetch of %s in %s failed, fetching it from %s instead: %s",
                         digest, repository, registry.name, exc)
             self.stats.record(hex_digest, fallbacks=1, fallback_reason=str(exc))
-            return self._from_registry(registry, hex_digest, upstream_target, fallback=True)
+            return self._from_registry(registry, hex_digest, upstream_target, source="fallback")
 
         return self._send(hex_digest, digest)
 
@@ -137,10 +182,17 @@ class BlobService:
         except (KeyError, ValueError):
             return None
 
-    def _from_registry(self, registry, hex_digest, upstream_target, fallback):
+    def _from_registry(self, registry, hex_digest, upstream_target, source):
+        """Stream the blob GET from the registry.
+
+        ``source`` becomes the blob's ``source`` in the stats; None leaves
+        it unchanged, for a request that does not fetch the whole blob.
+        """
         def count(sent):
-            self.stats.record(hex_digest, from_registry=sent,
-                              source="fallback" if fallback else "registry")
+            values = {"from_registry": sent}
+            if source is not None:
+                values["source"] = source
+            self.stats.record(hex_digest, **values)
 
         # Range requests return part of the blob, which cannot be checked
         # against the digest.
@@ -150,14 +202,29 @@ class BlobService:
                             on_body_bytes=count, expected_digest=verify)
 
     def _send(self, hex_digest, digest):
-        response = send_file(self.cache.data_path(hex_digest),
-                             mimetype="application/octet-stream",
-                             conditional=True, etag=False, max_age=31536000)
-        response.headers["Docker-Content-Digest"] = digest
-        response.headers["Accept-Ranges"] = "bytes"
-        response.headers["Etag"] = f'"{digest}"'
+        """Answer the GET from the cached blob, with the headers the registry sends.
 
-        return response
+        Range, If-None-Match and If-Range are evaluated against the blob's
+        ETag, the quoted digest, as the registry does. There is no
+        Last-Modified, because the registry sends none.
+        """
+        blob = open(self.cache.data_path(hex_digest), "rb")
+        size = os.fstat(blob.fileno()).st_size
+        response = Response(wrap_file(request.environ, blob), direct_passthrough=True,
+                            mimetype="application/octet-stream")
+        response.content_length = size
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+        response.headers["Docker-Content-Digest"] = digest
+        response.headers[API_VERSION_HEADER] = API_VERSION
+        response.set_etag(digest)
+
+        try:
+            return response.make_conditional(request.environ, accept_ranges=True,
+                                             complete_length=size)
+        except RequestedRangeNotSatisfiable:
+            blob.close()
+            raise
 
     def _fetch_once(self, registry, repository, digest, hex_digest, size, authorization):
         """Download a blob into the cache; concurrent requests for it share one download."""

@@ -51,6 +51,7 @@ def ctr_pull(
     snapshotter: str = "native",
     namespace: str = DEFAULT_NAMESPACE,
     user: str | None = None,
+    platform: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Pull and unpack `reference` into the containerd at `address`, and return the result unchecked.
 
@@ -59,12 +60,16 @@ def ctr_pull(
     `user` is "name:password", which ctr sends to every host it contacts,
     mirrors included. ctr reads a password from a terminal only, so it
     goes on the command line.
+    `platform` ("linux/arm64") selects the image of a multi-platform index
+    to fetch and unpack, instead of the machine's own.
     """
     args = ["images", "pull", "--hosts-dir", str(hosts_dir), "--snapshotter", snapshotter]
     if plain_http:
         args.append("--plain-http")
     if user is not None:
         args += ["--user", user]
+    if platform is not None:
+        args += ["--platform", platform]
     args.append(reference)
 
     started = time.monotonic()
@@ -82,3 +87,22 @@ def ctr_image_names(address: str, namespace: str = DEFAULT_NAMESPACE) -> list[st
                            f"{result.stderr.strip()}")
 
     return sorted(result.stdout.split())
+
+
+def ctr_image_target(address: str, reference: str, namespace: str = DEFAULT_NAMESPACE) -> str | None:
+    """Return the digest that image `reference` points to in the containerd at `address`, or None.
+
+    For a multi-platform image that is the digest of the index.
+    """
+    result = ctr(address, "images", "list", namespace=namespace)
+    if result.returncode != 0:
+        raise SandboxError(f"ctr images list on {address} failed with status {result.returncode}: "
+                           f"{result.stderr.strip()}")
+
+    # Columns: REF TYPE DIGEST SIZE PLATFORMS LABELS.
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == reference:
+            return fields[2]
+
+    return None

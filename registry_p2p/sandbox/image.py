@@ -23,6 +23,7 @@ from registry_p2p.sandbox.process import clean_environment, require_binary
 log = logging.getLogger(__name__)
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -53,6 +54,19 @@ class ImageInfo:
     manifest_digest: str
     config_digest: str
     layers: list[LayerInfo]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """A multi-platform image: an OCI image index written into an OCI image layout directory.
+
+    `manifest_digest` is the digest of the index, which is what a registry
+    stores under the tag.
+    """
+
+    layout_dir: Path
+    manifest_digest: str
+    images: list[ImageInfo]
 
 
 class LayerSource(Protocol):
@@ -233,12 +247,15 @@ def _write_layer(layout_dir: Path, source: LayerSource) -> tuple[LayerInfo, str]
     return LayerInfo(writer.digest, writer.size), writer.diff_id
 
 
-def build_image(out_dir: Path, layers: list[LayerSource]) -> ImageInfo:
-    """Write an amd64/linux image with one gzip layer per source as an OCI image layout in `out_dir`.
+def build_image(out_dir: Path, layers: list[LayerSource], architecture: str = "amd64") -> ImageInfo:
+    """Write a linux image with one gzip layer per source as an OCI image layout in `out_dir`.
 
-    Layers are built in parallel threads, because zlib and hashlib release the
-    GIL on large buffers. Existing blobs in `out_dir` are kept and index.json
-    is replaced, so the layout then contains this image only.
+    `architecture` is the image config's, in Go's names (amd64, arm64).
+    The config has one history entry per layer, which skopeo needs to
+    convert the image to Docker schema 1. Layers are built in parallel
+    threads, because zlib and hashlib release the GIL on large buffers.
+    Existing blobs in `out_dir` are kept and index.json is replaced, so the
+    layout then contains this image only.
     """
     out_dir = Path(out_dir)
     (out_dir / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
@@ -250,10 +267,12 @@ def build_image(out_dir: Path, layers: list[LayerSource]) -> ImageInfo:
     layer_infos = [layer for layer, _ in results]
 
     config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in results]},
+        "history": [{"created_by": f"registry-p2p sandbox layer {number}"}
+                    for number in range(len(results))],
     }
     config_digest, config_size = _write_json_blob(out_dir, config)
 
@@ -281,8 +300,43 @@ def build_image(out_dir: Path, layers: list[LayerSource]) -> ImageInfo:
     return ImageInfo(out_dir, manifest_digest, config_digest, layer_infos)
 
 
-def push_image(image: ImageInfo, reference: str, tls_verify: bool = False, creds: str | None = None) -> None:
-    """Push the image to `reference` ("host:port/name:tag") with skopeo copy.
+def build_index(out_dir: Path, images: list[ImageInfo]) -> IndexInfo:
+    """Write an OCI image index of `images`, already built into `out_dir`, and point index.json at it.
+
+    Each image's platform is linux and the architecture of its config. The
+    layout then contains the index only, which push_image pushes with all
+    its images.
+    """
+    out_dir = Path(out_dir)
+    manifests = []
+    for image in images:
+        if image.layout_dir != out_dir:
+            raise SandboxError(f"image {image.manifest_digest} was built in {image.layout_dir}, "
+                               f"not in the index's layout {out_dir}")
+        config = json.loads(_blob_path(out_dir, image.config_digest).read_bytes())
+        manifests.append({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": image.manifest_digest,
+            "size": _blob_path(out_dir, image.manifest_digest).stat().st_size,
+            "platform": {"architecture": config["architecture"], "os": config["os"]},
+        })
+
+    index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
+    index_digest, index_size = _write_json_blob(out_dir, index)
+    layout_index = {
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": INDEX_MEDIA_TYPE, "digest": index_digest, "size": index_size}],
+    }
+    (out_dir / "index.json").write_text(json.dumps(layout_index, sort_keys=True) + "\n")
+
+    log.info("built image index %s in %s for %s", index_digest, out_dir,
+             ", ".join(item["platform"]["architecture"] for item in manifests))
+    return IndexInfo(out_dir, index_digest, list(images))
+
+
+def push_image(image: ImageInfo | IndexInfo, reference: str, tls_verify: bool = False,
+               creds: str | None = None) -> None:
+    """Push the image, or an index with all its images, to `reference` ("host:port/name:tag") with skopeo copy.
 
     --preserve-digests makes skopeo fail rather than recompress a layer or
     convert the manifest. `creds` is "user:password". Raises SandboxError if
@@ -297,6 +351,8 @@ def push_image(image: ImageInfo, reference: str, tls_verify: bool = False, creds
             f"--dest-tls-verify={'true' if tls_verify else 'false'}",
             "--digestfile", str(digest_file),
         ]
+        if isinstance(image, IndexInfo):
+            argv.append("--all")
         if creds is not None:
             argv += ["--dest-creds", creds]
         argv += [f"oci:{image.layout_dir}", f"docker://{reference}"]
