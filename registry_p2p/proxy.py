@@ -5,6 +5,7 @@ neither decoded nor re-encoded (a gzip body stays gzip), redirects are not
 followed, and only hop-by-hop headers are dropped.
 """
 
+import errno
 import hashlib
 import logging
 from urllib.parse import quote, urlsplit
@@ -117,8 +118,15 @@ class BodyDigestMismatch(Exception):
     """Error raised when a streamed blob does not hash to its digest, which drops the connection."""
 
 
-class ShortUpstreamBody(Exception):
-    """Error raised when an upstream body breaks or ends before its Content-Length, which drops the connection."""
+class ShortUpstreamBody(ConnectionResetError):
+    """Error raised when an upstream body breaks or ends before its Content-Length, which drops the connection.
+
+    As a connection reset, gunicorn closes the client's connection and logs
+    it at debug level only: this module has logged the reason already.
+    """
+
+    def __init__(self, url):
+        super().__init__(errno.ECONNRESET, f"upstream body from {url} ended early")
 
 
 def _declared_length(upstream):
@@ -189,8 +197,12 @@ def stream_response(upstream, on_body_bytes=None, expected_digest=None):
             raise ShortUpstreamBody(_without_query(upstream.url))
 
         if expected_length is not None and sent < expected_length:
-            log.warning("upstream body from %s ended after %d of its %d bytes; dropping the "
-                        "client connection", _without_query(upstream.url), sent, expected_length)
+            # docker-registry does this after every 416, so only a short
+            # success is worth a warning.
+            level = logging.WARNING if upstream.status_code < 400 else logging.INFO
+            log.log(level, "upstream body from %s (HTTP %d) ended after %d of its %d bytes; "
+                    "dropping the client connection", _without_query(upstream.url),
+                    upstream.status_code, sent, expected_length)
             raise ShortUpstreamBody(_without_query(upstream.url))
 
     request_method = request.method
