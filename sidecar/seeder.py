@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Listener
 
 from registry_p2p import config as configuration, logs, torrent
@@ -202,7 +203,9 @@ class Seeder:
             while not stop.is_set():
                 try:
                     conn = listener.accept()
-                except (OSError, EOFError) as exc:
+                except (OSError, EOFError, AuthenticationError) as exc:
+                    # A client without the key (say, a worker of an earlier
+                    # sidecar on the same cache) must not stop the seeder.
                     log.warning("rejected a connection on %s: %s", path, exc)
                     continue
                 threading.Thread(target=self.handle, args=(conn,), daemon=True).start()

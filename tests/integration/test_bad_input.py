@@ -6,9 +6,11 @@ partial or unverified file.
 
 import hashlib
 import json
+import multiprocessing
 import socket
 import ssl
 import threading
+from multiprocessing.connection import Client
 
 import pytest
 import requests
@@ -16,6 +18,7 @@ import requests
 from registry_p2p.sandbox.image import push_image
 from registry_p2p.sandbox.process import free_port
 from registry_p2p.sandbox.pull import pull_image
+from sidecar import ipc
 
 pytestmark = pytest.mark.integration
 
@@ -280,3 +283,17 @@ def test_tls_handshake_closed_at_once(make_stack, http):
                 context.wrap_socket(conn, server_hostname="127.0.0.1")
         assert not isinstance(caught.value, TimeoutError), service.url
         assert http.get(f"{service.url}/healthz").status_code == 200, service.url
+
+
+def test_seeder_survives_client_without_key(stack, small_image, http):
+    """A process without the seeder's key is refused, and the seeder keeps serving the workers."""
+    socket_path = str(stack.sidecar.cache_dir / ipc.SOCKET_NAME)
+
+    for _ in range(3):
+        with pytest.raises(multiprocessing.AuthenticationError):
+            Client(socket_path, family="AF_UNIX", authkey=b"not the key")
+
+    assert http.get(f"{stack.sidecar.url}/healthz").status_code == 200
+    result = pull_image(stack.agents[0].url, stack.registry.hostport, REPOSITORY, "v1")
+    assert result.complete
+    assert "rejected a connection" in (stack.sidecar.workdir / "sidecar.log").read_text()
