@@ -1,4 +1,4 @@
-"""The agent's WSGI app: registry mirror (/v2/, containerd ?ns=) and plain HTTP proxy."""
+"""The agent's WSGI app: registry mirror (/v2/, containerd ?ns=, path prefix) and plain HTTP proxy."""
 
 import logging
 import re
@@ -8,6 +8,7 @@ from flask import jsonify, request
 
 from registry_p2p import digest as digests
 from registry_p2p.errors import RegistryHTTPError
+from registry_p2p.agent.upstreams import remove_first_segment
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
 
@@ -26,12 +27,18 @@ def _proxy_host():
     return None
 
 
-def upstream_target():
-    """Return the request's raw path and query without the agent's own ``ns`` parameter."""
+def upstream_target(prefixed=False):
+    """Return the request's raw path and query without the agent's own ``ns`` parameter.
+
+    With ``prefixed``, the first path segment after ``/v2/``, which names
+    the registry, is removed too.
+    """
     target = raw_target()
-    path, _, query = target.partition("?")
+    path, separator, query = target.partition("?")
+    if prefixed:
+        path = remove_first_segment(path)
     if "ns=" not in query:
-        return target
+        return path + separator + query
 
     params = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True)
               if key != "ns"]
@@ -47,10 +54,11 @@ def create_app(config, upstreams, blobs, session):
     @app.route("/v2/", methods=PROXY_METHODS)
     @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
     def registry_request(_rest=""):
-        registry = upstreams.resolve(request.args.get("ns"), _proxy_host())
-        target = upstream_target()
+        registry, prefixed = upstreams.route(request.args.get("ns"), _proxy_host(), request.path)
+        target = upstream_target(prefixed)
+        path = remove_first_segment(request.path) if prefixed else request.path
 
-        match = BLOB_PATH_RE.match(request.path)
+        match = BLOB_PATH_RE.match(path)
         if match and match.group("digest") != "uploads" and request.method == "GET":
             repository = match.group("repository")
             digests.validate_repository(repository)
