@@ -8,7 +8,8 @@ from pathlib import Path
 
 from registry_p2p import __version__, config as configuration, logs
 from registry_p2p.agent.upstreams import Upstreams
-from registry_p2p.errors import RegistryP2PError
+from registry_p2p.errors import ConfigError, RegistryP2PError
+from registry_p2p.runtimes import command as configure
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ def _sidecar(args):
 def _agent(args):
     from registry_p2p.agent.main import run
 
+    if args.config is None:
+        raise ConfigError("the agent needs its config file: registry-p2p agent "
+                                        "-c /etc/registry-p2p/agent.toml")
     config = configuration.load(configuration.AGENT_OPTIONS, args.config)
     logs.setup(config["log_level"], "registry-p2p-agent")
     run(config)
@@ -133,9 +137,13 @@ def build_parser():
     sidecar.add_argument("-c", "--config", required=True, help="sidecar config file (TOML)")
     sidecar.set_defaults(func=_sidecar)
 
-    agent = commands.add_parser("agent", help="run the agent on a node")
-    agent.add_argument("-c", "--config", required=True, help="agent config file (TOML)")
+    agent = commands.add_parser("agent", help="run the agent on a node, or configure "
+                                              "container runtimes to use it")
+    agent.add_argument("-c", "--config", help="agent config file (TOML); required to run "
+                                              "the agent")
     agent.set_defaults(func=_agent)
+    agent_commands = agent.add_subparsers(dest="agent_command", title="subcommands")
+    configure.add_parser(agent_commands)
 
     demo = commands.add_parser(
         "demo", help="run docker-registry, a sidecar and agents on this machine and pull "
