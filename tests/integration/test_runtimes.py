@@ -169,6 +169,16 @@ def test_skopeo_copy_through_configured_mirror(make_stack, images, tmp_path):
         assert (tmp_path / "layout" / "blobs" / "sha256" / _hex(layer.digest)).exists()
     _assert_layers_over_p2p(agent, image)
 
+    # With the agent stopped, containers/image pulls from the registry.
+    agent.stop()
+    without_agent = pull_to_layout(reference, tmp_path / "layout-without-agent",
+                                   registries_conf=drop_in)
+
+    assert without_agent.returncode == 0, without_agent.stderr
+    for layer in image.layers:
+        assert (tmp_path / "layout-without-agent" / "blobs" / "sha256"
+                / _hex(layer.digest)).exists()
+
 
 OPERATOR_DAEMON_JSON = """{
   "log-driver": "journald",
