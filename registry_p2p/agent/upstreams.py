@@ -96,7 +96,7 @@ class Upstreams:
         return chosen or self.default
 
     def route(self, ns, proxy_host, path):
-        """Pick the upstream of a request and say whether its path names it.
+        """Pick the upstream of a request and report whether its path names it.
 
         Returns ``(registry, prefixed)``. ``prefixed`` is true when the
         first segment of ``path`` (decoded, after ``/v2/``) names the

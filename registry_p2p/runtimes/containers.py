@@ -100,11 +100,11 @@ def _load(path):
 
 
 def earlier_tables(root, drop_in):
-    """Return {prefix: (table, file)} of the tables that the drop-in replaces.
+    """Return the tables that the drop-in replaces and the files read after it, both by prefix.
 
-    The main file is read first and drop-ins whose names sort before ours
+    The first is {prefix: (table, file)}, the second {prefix: file}. The
+    main file is read first and the drop-ins whose names sort before ours
     after it, as containers/image does, so the last table per prefix wins.
-    Also returns the files with tables read after ours, by prefix.
     """
     directory = rooted(root, DROP_IN_DIRECTORY)
     drop_ins = sorted(directory.glob("*.conf")) if directory.is_dir() else []
