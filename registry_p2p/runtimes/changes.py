@@ -59,7 +59,11 @@ def read_text(path):
 
 
 def write(change):
-    """Replace the file with its new text atomically, keeping the mode of an existing file."""
+    """Replace the file with its new text atomically, keeping the mode of an existing file.
+
+    NOTE: a symbolic link at the path is replaced by a regular file, not
+    followed, because following it could leave the --root directory.
+    """
     path = change.path
     _make_directories(path.parent)
     try:
