@@ -24,7 +24,7 @@ BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=u
 # How long a new connection may take to send its first byte before the
 # TLS check is skipped and gunicorn reads the request as usual.
 FIRST_BYTE_WAIT = 1.0
-# The key under which an app's ``extensions`` holds its CONNECT handler
+# The key under which an app's ``extensions`` contains its CONNECT handler
 # (registry_p2p.agent.connect.ConnectHandler).
 CONNECT_EXTENSION = "registry_p2p.connect"
 

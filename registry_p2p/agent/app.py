@@ -53,7 +53,7 @@ def create_app(config, upstreams, blobs, session):
     @app.route("/v2/", methods=PROXY_METHODS)
     @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
     def registry_request(_rest=""):
-        # Inside a tunnel the registry is the CONNECT's, whatever ?ns= says.
+        # Inside a tunnel the registry is the CONNECT's, and ?ns= is ignored.
         ns = None if tunnel_registry(request.environ) else request.args.get("ns")
         registry = upstreams.resolve(ns, _proxy_host())
         target = upstream_target()

@@ -199,7 +199,7 @@ def _write_private(path, data):
 
 
 def load_ca(directory):
-    """Read the CA from ``directory``; ConfigError says what is missing or wrong."""
+    """Read the CA from ``directory``; the ConfigError raised names what is missing or invalid."""
     directory = Path(directory)
     key_path = directory / CA_KEY_FILE
     cert_path = directory / CA_CERT_FILE

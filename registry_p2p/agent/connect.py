@@ -3,9 +3,9 @@
 The gunicorn worker (``registry_p2p.server.PlainHTTPWorker``) hands every
 CONNECT to the ConnectHandler stored in the Flask app's ``extensions``
 under ``server.CONNECT_EXTENSION``.
-An intercepted CONNECT gets ``200``, a TLS handshake with a leaf
-certificate for the registry host, and then the worker serves the HTTP
-requests inside the tunnel with the same app as mirror requests; the
+An intercepted CONNECT gets ``200`` and a TLS handshake with a leaf
+certificate for the registry host. The worker then serves the HTTP
+requests inside the tunnel with the same app as mirror requests. The
 tunnel's TLS socket carries the registry, which ``tunnel_registry``
 returns to the app. A rejected CONNECT goes to the app, which responds
 403. The thread that accepted the CONNECT serves the tunnel until it
@@ -23,7 +23,7 @@ from registry_p2p.agent.connect_policy import INTERCEPT, REJECT, TUNNEL, rejecti
 
 log = logging.getLogger(__name__)
 
-# The attribute of an intercepted tunnel's TLS socket that holds its registry.
+# The attribute of an intercepted tunnel's TLS socket that contains its registry.
 _TUNNEL_REGISTRY = "registry_p2p_tunnel_registry"
 
 CONNECTION_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"

@@ -1,4 +1,4 @@
-"""What the agent does with a ``CONNECT host:port``: intercept, tunnel or reject (no I/O here).
+"""Policy for ``CONNECT host:port`` on the agent: intercept, tunnel or reject (no I/O here).
 
 A CONNECT is intercepted only when its host and port are exactly those of
 a configured registry's ``name`` (port 443 when the name has none), that

@@ -15,8 +15,9 @@ from cryptography.x509.oid import NameOID
 
 log = logging.getLogger(__name__)
 
-# Where Docker Engine 20.10 looks for per-registry CAs. Only rootless
-# dockerd reads another directory, so a sandbox dockerd reads this one.
+# Docker Engine's directory of per-registry CAs. Rootless dockerd reads
+# one under its own config directory instead, but the sandbox runs dockerd
+# as root.
 DOCKER_CERTS_DIR = Path("/etc/docker/certs.d")
 _VALIDITY = datetime.timedelta(days=2)
 
@@ -95,9 +96,8 @@ def docker_registry_ca(hostport: str, ca_path: Path, certs_dir: Path = DOCKER_CE
     """Install `ca_path` as `<certs_dir>/<hostport>/ca.crt` for the duration of the block.
 
     Creates only that directory, and `certs_dir` if it is missing, and
-    removes what it created afterwards. dockerd reads the directory on each
-    pull, so no restart is needed. Refuses to touch a `hostport` directory
-    that already exists.
+    removes what it created afterwards. Raises FileExistsError rather than
+    touch a `hostport` directory that already exists.
     """
     host_dir = certs_dir / hostport
     created_certs_dir = not certs_dir.exists()
