@@ -27,10 +27,43 @@ def _agent(args):
 
     if args.config is None:
         raise ConfigError("the agent needs its config file: registry-p2p agent "
-                                        "-c /etc/registry-p2p/agent.toml")
+                          "-c /etc/registry-p2p/agent.toml")
+
     config = configuration.load(configuration.AGENT_OPTIONS, args.config)
     logs.setup(config["log_level"], "registry-p2p-agent")
     run(config)
+
+
+def _agent_ca(args):
+    from registry_p2p.agent import certificates
+    from registry_p2p.agent.connect_policy import ConnectPolicy, registry_target
+
+    config_path = args.ca_config or args.config
+    config = None
+    names = []
+    directory = args.dir
+    if config_path is not None:
+        config = configuration.load(configuration.AGENT_OPTIONS, config_path)
+        policy = ConnectPolicy(config["registries"], intercept=True)
+        names = [registry.name for registry in policy.intercepted_registries()]
+        directory = directory or config["proxy.ca_dir"]
+    directory = Path(directory or certificates.DEFAULT_CA_DIR)
+
+    hosts = [registry_target(name).host for name in names]
+    ca = certificates.build_ca(certificates.default_common_name(), hosts)
+    key_path, cert_path = certificates.write_ca(ca, directory, force=args.force)
+
+    print(f"wrote the CA's private key to {key_path} (mode 0600) and its certificate to "
+          f"{cert_path}")
+    if hosts:
+        print(f"name constraints: leaf certificates only for {', '.join(sorted(set(hosts)))}")
+    if config is not None and not names:
+        print(f"{config_path} lists no registry with an https url, so nothing is intercepted")
+    print("install the certificate for Docker Engine as:")
+    for path in certificates.installed_ca_paths(names or ["<registry host[:port]>"]):
+        print(f"  {path}")
+    if config is None or config["proxy.ca_dir"] != str(directory):
+        print(f'and set ca_dir = "{directory}" in the [proxy] table of the agent config')
 
 
 def _demo(args):
@@ -137,13 +170,23 @@ def build_parser():
     sidecar.add_argument("-c", "--config", required=True, help="sidecar config file (TOML)")
     sidecar.set_defaults(func=_sidecar)
 
-    agent = commands.add_parser("agent", help="run the agent on a node, or configure "
-                                              "container runtimes to use it")
+    agent = commands.add_parser("agent", help="run the agent on a node, configure container "
+                                              "runtimes to use it, or create its TLS CA")
     agent.add_argument("-c", "--config", help="agent config file (TOML); required to run "
                                               "the agent")
     agent.set_defaults(func=_agent)
     agent_commands = agent.add_subparsers(dest="agent_command", title="subcommands")
     configure.add_parser(agent_commands)
+    ca = agent_commands.add_parser(
+        "ca", help="create the local CA with which the agent intercepts TLS for the "
+                   "configured registries")
+    ca.add_argument("--dir", help="directory for ca.key and ca.crt (default: proxy.ca_dir "
+                                  "of --config, else /etc/registry-p2p/ca)")
+    ca.add_argument("--force", action="store_true", help="replace an existing CA")
+    ca.add_argument("-c", "--config", dest="ca_config",
+                    help="agent config file: the CA then permits only its https registries "
+                         "(X.509 name constraints)")
+    ca.set_defaults(func=_agent_ca)
 
     demo = commands.add_parser(
         "demo", help="run docker-registry, a sidecar and agents on this machine and pull "

@@ -104,6 +104,16 @@ def string(value):
     return value
 
 
+def ca_bundle_file(value):
+    """Parse the path of an existing PEM CA bundle, or the empty string for the system's CAs."""
+    if not isinstance(value, str):
+        raise ValueError("expected a path string")
+    if value and not os.path.isfile(value):
+        raise ValueError(f"CA bundle {value} is not a file")
+
+    return value
+
+
 def boolean(value):
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -135,6 +145,9 @@ class Registry:
     name: str
     url: str
     sidecars: tuple
+    # PEM file of the CAs that the registry's TLS certificate must chain to;
+    # empty trusts the system's CAs.
+    ca_bundle: str = ""
 
 
 def registries(value):
@@ -148,22 +161,24 @@ def registries(value):
         if not isinstance(table, dict):
             raise ValueError(f"{where}: expected a table")
 
-        unknown = set(table) - {"name", "url", "sidecars"}
+        unknown = set(table) - {"name", "url", "sidecars", "ca_bundle"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}; "
-                             "known keys are name, url, sidecars")
+                             "known keys are name, url, sidecars, ca_bundle")
 
         try:
             name = string(table.get("name"))
             url = http_url(table.get("url"))
             sidecars = tuple(url_list(table.get("sidecars", [])))
+            ca_bundle = ca_bundle_file(table.get("ca_bundle", ""))
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
         if not name or "/" in name:
             raise ValueError(f"{where}: name must be the registry host as it appears "
                              f"in image names, e.g. 'registry.example.org:5000'")
-        parsed.append(Registry(name=name.lower(), url=url, sidecars=sidecars))
+        parsed.append(Registry(name=name.lower(), url=url, sidecars=sidecars,
+                               ca_bundle=ca_bundle))
 
     names = [registry.name for registry in parsed]
     if len(set(names)) != len(names):
@@ -183,6 +198,11 @@ SIDECAR_OPTIONS = (
            "Threads per worker process; each thread serves one request at a time."),
     Option("registry_url", http_url, "http://127.0.0.1:5000",
            "URL of the registry this sidecar fronts."),
+    Option("registry_ca_bundle", ca_bundle_file, "",
+           "PEM file of the CAs that the TLS certificate of an https registry_url "
+           "must chain to, for the sidecar's /v2/ proxy and blob authorization "
+           "requests; empty trusts the system's CAs. The \"registry\" storage "
+           "driver does not use it."),
     Option("public_url", http_url, "http://127.0.0.1:5050",
            "URL under which agents reach this sidecar. Torrents announce to "
            "<public_url>/announce."),
@@ -310,8 +330,23 @@ AGENT_OPTIONS = (
            "not a proxy request). Empty: the first of [[registries]]."),
     Option("registries", registries, [],
            "Registries the agent may contact: name (host[:port] as in image "
-           "names), url, and the sidecars in front of it. Nothing else is "
-           "contacted."),
+           "names), url, the sidecars in front of it, and ca_bundle, a PEM file "
+           "of the CAs that an https url's certificate must chain to (empty: the "
+           "system's CAs). Nothing else is contacted."),
+    Option("proxy.ca_dir", string, "",
+           "Directory of the agent's CA (ca.crt, ca.key; create them with "
+           "'registry-p2p agent ca'). When set, the agent answers a CONNECT to "
+           "the name of a registry with an https url by terminating TLS with a "
+           "certificate from this CA, and serves the requests inside as mirror "
+           "requests. Empty turns TLS interception off."),
+    Option("proxy.other_hosts", choice("reject", "tunnel"), "reject",
+           "What the agent does with a CONNECT to any other host:port, including a "
+           "registry's host on another port: reject (403) or tunnel (relay the "
+           "bytes untouched). With tunnel, every client that reaches listen can "
+           "open TLS connections to any host through the agent."),
+    Option("proxy.idle_timeout", positive_seconds, 60.0,
+           "Seconds a CONNECT tunnel may stay idle before the agent closes it. "
+           "Each open tunnel holds one of the agent's threads."),
     Option("p2p.min_blob_size", non_negative_int, 1024 * 1024,
            "Blobs smaller than this many bytes are fetched from the registry directly."),
     Option("p2p.metainfo_timeout", positive_seconds, 60.0,
@@ -469,6 +504,7 @@ def _registries_example(option):
         '# name = "registry.example.org"',
         '# url = "https://registry.example.org"',
         '# sidecars = ["http://registry-host-1.example.org:5050"]',
+        '# ca_bundle = ""',
     ]
 
 

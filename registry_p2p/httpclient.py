@@ -44,6 +44,27 @@ def retry_policy():
     )
 
 
+class _CABundleAdapter(HTTPAdapter):
+    """An adapter that verifies TLS certificates against one CA bundle instead of the system's CAs."""
+
+    def __init__(self, ca_bundle, **kwargs):
+        self.ca_bundle = ca_bundle
+        super().__init__(**kwargs)
+
+    def send(self, request, verify=True, **kwargs):
+        # Only the session default (True) is replaced; verify=False or
+        # another bundle from a caller is kept.
+        return super().send(request, verify=self.ca_bundle if verify is True else verify,
+                            **kwargs)
+
+
+def trust_ca_bundle(session, url, ca_bundle, pool_size=64):
+    """Verify the TLS certificates of every URL under ``url`` against ``ca_bundle`` (PEM file)."""
+    adapter = _CABundleAdapter(ca_bundle, max_retries=retry_policy(), pool_connections=16,
+                               pool_maxsize=pool_size)
+    session.mount(url.rstrip("/") + "/", adapter)
+
+
 def new_session(pool_size=64):
     """Return a requests.Session with the retry policy on http and https.
 

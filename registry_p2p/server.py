@@ -4,9 +4,15 @@ import contextvars
 import logging
 import select
 import socket
+import ssl
 
+from gunicorn import http as gunicorn_http
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
+
+from registry_p2p.agent.connect import format_client
+from registry_p2p.agent.connect_policy import INTERCEPT, TUNNEL
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +24,9 @@ BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=u
 # How long a new connection may take to send its first byte before the
 # TLS check is skipped and gunicorn reads the request as usual.
 FIRST_BYTE_WAIT = 1.0
+# The key under which an app's ``extensions`` contains its CONNECT handler
+# (registry_p2p.agent.connect.ConnectHandler).
+CONNECT_EXTENSION = "registry_p2p.connect"
 
 
 class GunicornServer(BaseApplication):
@@ -74,6 +83,60 @@ class PlainHTTPWorker(ThreadWorker):
         # After a rejection gunicorn reads end of file, and closes the
         # connection as it does for any client that went away.
         return super().handle(conn)
+
+    def handle_request(self, req, conn):
+        """Serve one parsed request; a CONNECT goes to the app's CONNECT handler, if it has one."""
+        handler = getattr(self.wsgi, "extensions", {}).get(CONNECT_EXTENSION)
+        if req.method != "CONNECT" or handler is None:
+            return super().handle_request(req, conn)
+
+        decision = handler.decide(req.uri)
+        if decision.action == TUNNEL:
+            handler.relay(decision, conn.sock, conn.client)
+            return False
+
+        if decision.action != INTERCEPT:
+            # The app responds 403 and logs the rejection.
+            return super().handle_request(req, conn)
+
+        tls_socket = handler.start_interception(decision, conn.sock, conn.client)
+        if tls_socket is None:
+            return False
+
+        # Responses are written to conn.sock, and gunicorn closes it when the
+        # connection ends. Cached blobs still go out encrypted: gunicorn
+        # calls sock.sendfile(), which ssl.SSLSocket implements with send().
+        conn.sock = tls_socket
+        self._serve_tunnel(conn, decision.raw_target)
+
+        return False
+
+    def _serve_tunnel(self, conn, target):
+        """Serve the HTTP/1.1 requests inside an intercepted tunnel, keeping it alive between them.
+
+        The thread stays with the tunnel until the client closes it, a
+        response closes it, the worker stops, or the socket's timeout
+        (proxy.idle_timeout) passes without a request.
+        """
+        parser = gunicorn_http.RequestParser(self.cfg, conn.sock, conn.client)
+        served = 0
+        while self.alive:
+            try:
+                inner = next(parser)
+            except StopIteration:
+                break
+            except (NoMoreData, socket.timeout, ssl.SSLError, ConnectionError) as exc:
+                log.debug("tunnel %s from %s closed after %d requests: %s", target,
+                          format_client(conn.client),
+                          served, exc or type(exc).__name__)
+                break
+
+            served += 1
+            if not super().handle_request(inner, conn):
+                break
+
+        log.info("tunnel %s from %s ended after %d requests", target, format_client(conn.client),
+                 served)
 
     @staticmethod
     def _reject_tls_handshake(conn):

@@ -26,6 +26,9 @@ def create_app(config):
     app = create_flask_app("registry-p2p-sidecar")
     http = httpclient.new_session(pool_size=config["threads"])
     registry_url = config["registry_url"]
+    if config["registry_ca_bundle"]:
+        httpclient.trust_ca_bundle(http, registry_url, config["registry_ca_bundle"],
+                                   config["threads"])
     timeout = config["upstream_timeout"]
     seeder = SeederClient(config["cache_dir"])
     origin = Origin(

@@ -7,9 +7,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from flask import jsonify, request
 
 from registry_p2p import digest as digests
-from registry_p2p.errors import RegistryHTTPError
+from registry_p2p.agent.connect import tunnel_registry
 from registry_p2p.agent.upstreams import remove_first_segment
+from registry_p2p.errors import RegistryHTTPError
 from registry_p2p.proxy import pass_through, raw_target
+from registry_p2p.server import CONNECT_EXTENSION
 from registry_p2p.webapp import create_flask_app
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,11 @@ PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def _proxy_host():
-    """Return the authority of an absolute-form request target, or None."""
+    """Return the registry an intercepted tunnel leads to, the authority of an absolute-form request target, or None."""
+    tunnel = tunnel_registry(request.environ)
+    if tunnel is not None:
+        return tunnel.name
+
     raw = request.environ.get("RAW_URI", "")
     if raw.startswith(("http://", "https://")):
         return urlsplit(raw).netloc
@@ -54,7 +60,9 @@ def create_app(config, upstreams, blobs, session):
     @app.route("/v2/", methods=PROXY_METHODS)
     @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
     def registry_request(_rest=""):
-        registry, prefixed = upstreams.route(request.args.get("ns"), _proxy_host(), request.path)
+        # Inside a tunnel the registry is the CONNECT's, and ?ns= is ignored.
+        ns = None if tunnel_registry(request.environ) else request.args.get("ns")
+        registry, prefixed = upstreams.route(ns, _proxy_host(), request.path)
         target = upstream_target(prefixed)
         path = remove_first_segment(request.path) if prefixed else request.path
 
@@ -69,10 +77,18 @@ def create_app(config, upstreams, blobs, session):
 
     @app.before_request
     def reject_non_registry_proxying():
-        # As an HTTP proxy the agent forwards registry API requests only;
-        # CONNECT (TLS tunnels) and proxy requests for other paths, its own
-        # /healthz included, are rejected.
+        # As an HTTP proxy the agent forwards registry API requests only.
+        # The gunicorn worker serves the CONNECTs it accepts, so those that
+        # reach the app are rejected, as are proxy requests and requests in
+        # tunnels for other paths, the agent's own /healthz included.
         raw = request.environ.get("RAW_URI", "")
+        if request.method == "CONNECT":
+            client = f"{request.remote_addr}:{request.environ.get('REMOTE_PORT')}"
+            handler = app.extensions.get(CONNECT_EXTENSION)
+            if handler is not None:
+                raise handler.rejection(raw, client)
+            log.warning("rejected CONNECT %s from %s: the agent serves no CONNECT", raw, client)
+
         if request.method == "CONNECT" or (_proxy_host() is not None
                                            and not request.path.startswith("/v2")):
             raise RegistryHTTPError(

@@ -3,12 +3,16 @@
 import logging
 
 from registry_p2p import httpclient
+from registry_p2p.agent import certificates
 from registry_p2p.agent.app import create_app
 from registry_p2p.agent.blobs import BlobService
+from registry_p2p.agent.connect import ConnectHandler
+from registry_p2p.agent.connect_policy import ConnectPolicy, registry_target
 from registry_p2p.agent.upstreams import Upstreams
 from registry_p2p.blobcache import BlobCache
 from registry_p2p.config import create_cache_dir
-from registry_p2p.server import GunicornServer, gunicorn_options
+from registry_p2p.errors import ConfigError
+from registry_p2p.server import CONNECT_EXTENSION, GunicornServer, gunicorn_options
 from registry_p2p.session import TorrentSession
 
 log = logging.getLogger(__name__)
@@ -16,9 +20,40 @@ log = logging.getLogger(__name__)
 _worker_session = []
 
 
+def build_connect_handler(config):
+    """Return the agent's ConnectHandler; ConfigError if its CA is missing or does not fit."""
+    ca_dir = config["proxy.ca_dir"]
+    policy = ConnectPolicy(config["registries"], intercept=bool(ca_dir),
+                           other_hosts=config["proxy.other_hosts"])
+    leaf_contexts = None
+    if ca_dir:
+        ca = certificates.load_ca(ca_dir)
+        for registry in policy.intercepted_registries():
+            if not certificates.ca_permits(ca, registry_target(registry.name).host):
+                raise ConfigError(
+                    f"the CA in {ca_dir} has name constraints that exclude registry "
+                    f"{registry.name}; recreate it for the current [[registries]] with: "
+                    f"registry-p2p agent ca --force --dir {ca_dir} -c <this config>")
+        leaf_contexts = certificates.LeafContexts(ca)
+
+    return ConnectHandler(policy, leaf_contexts, config["proxy.idle_timeout"],
+                          config["upstream_timeout"])
+
+
+def new_http_session(config):
+    """Return the HTTP session for registries and sidecars, trusting each registry's ca_bundle."""
+    http = httpclient.new_session(config["threads"])
+    for registry in config["registries"]:
+        if registry.ca_bundle:
+            httpclient.trust_ca_bundle(http, registry.url, registry.ca_bundle, config["threads"])
+
+    return http
+
+
 def build_app(config):
     """Create the session, cache and app inside the worker process."""
     upstreams = Upstreams(config["registries"], config["default_registry"])
+    connect_handler = build_connect_handler(config)
     cache = BlobCache(config["cache_dir"])
     cache.remove_leftovers()
 
@@ -27,11 +62,13 @@ def build_app(config):
     session.start()
     _worker_session.append(session)
 
-    blobs = BlobService(config, session, cache, httpclient.new_session(config["threads"]),
-                        upstreams)
+    blobs = BlobService(config, session, cache, new_http_session(config), upstreams)
     blobs.reseed_cache()
 
-    return create_app(config, upstreams, blobs, session)
+    app = create_app(config, upstreams, blobs, session)
+    app.extensions[CONNECT_EXTENSION] = connect_handler
+
+    return app
 
 
 def _stop_session(_arbiter, _worker):
@@ -41,9 +78,16 @@ def _stop_session(_arbiter, _worker):
 
 def run(config):
     create_cache_dir(config["cache_dir"])
-    # Validate the registries before forking, so a bad config fails at once.
+    # Validate the registries and the CA before forking, so a bad config
+    # fails at once.
     Upstreams(config["registries"], config["default_registry"])
+    handler = build_connect_handler(config)
     log.info("agent serving on %s:%d", *config["listen"])
+    intercepted = [registry.name for registry in handler.policy.intercepted_registries()]
+    if intercepted:
+        log.info("intercepting CONNECT for %s with the CA in %s", ", ".join(intercepted),
+                 config["proxy.ca_dir"])
+    log.info("CONNECT to other hosts: %s", config["proxy.other_hosts"])
 
     # One worker: the node has one libtorrent session and one cache owner.
     options = gunicorn_options(config["listen"], 1, config["threads"], config["log_level"])

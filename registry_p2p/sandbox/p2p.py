@@ -121,8 +121,11 @@ class AgentService(_Service):
     name = "agent"
 
     def __init__(self, workdir, registries, host="127.0.0.1", netns=None, python=None,
-                 **options):
-        """``registries`` is a list of dicts with name, url and sidecars."""
+                 proxy=None, **options):
+        """``registries`` is a list of dicts with name, url, sidecars and ca_bundle.
+
+        ``proxy`` is the config's [proxy] table, such as {"ca_dir": ...}.
+        """
         super().__init__(workdir, host, netns, python)
         p2p = {"stall_timeout": options.pop("stall_timeout", 20),
                "min_blob_size": options.pop("min_blob_size", 1024 * 1024)}
@@ -134,4 +137,6 @@ class AgentService(_Service):
             **options,
         }
         sections = {"torrent": {"listen": f"{host}:{self.torrent_port}"}, "p2p": p2p}
+        if proxy:
+            sections["proxy"] = proxy
         write_toml(self.config_path, top, sections, {"registries": registries})

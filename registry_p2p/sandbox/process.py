@@ -175,13 +175,18 @@ class ManagedProcess:
 
             time.sleep(POLL_INTERVAL)
 
-    def wait_http(self, url: str, timeout: float = 30.0, expect_status: int | None = None) -> None:
+    def wait_http(self, url: str, timeout: float = 30.0, expect_status: int | None = None,
+                  ca_bundle: Path | None = None) -> None:
         """Poll `url` with GET until any HTTP response arrives, or one with `expect_status` if given.
 
-        Proxy variables of this process are ignored. Raises SandboxError like wait_for().
+        `ca_bundle` is the PEM file of the CAs that an https server's
+        certificate must chain to. Proxy variables of this process are
+        ignored. Raises SandboxError like wait_for().
         """
         http = requests.Session()
         http.trust_env = False
+        if ca_bundle is not None:
+            http.verify = str(ca_bundle)
         last_result = "no request sent"
 
         def responded() -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from registry_p2p.sandbox import SandboxError
 from registry_p2p.sandbox.process import ManagedProcess, clean_environment, free_port, require_binary
+from registry_p2p.sandbox.tls import ServerCertificate
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Registry:
         users: dict[str, str] | None = None,
         config_overrides: dict | None = None,
         storage: dict | None = None,
+        tls: ServerCertificate | None = None,
     ):
         """Describe a registry, which start() runs.
 
@@ -80,7 +82,8 @@ class Registry:
         `storage` replaces the filesystem driver section, for example
         {"swift": {...}}, because distribution refuses a configuration with two
         storage drivers. Keys that are not drivers, such as "redirect", may go
-        in either argument.
+        in either argument. `tls` (a sandbox.tls.ServerCertificate) makes the
+        registry serve HTTPS only, with that certificate.
         """
         self.workdir = Path(workdir)
         self.host = host
@@ -89,6 +92,7 @@ class Registry:
         self.users = dict(users or {})
         self.config_overrides = config_overrides or {}
         self.storage = storage
+        self.tls = tls
         self.config_path = self.workdir / "config.yml"
         self.log_path = self.workdir / "registry.log"
         self._process: ManagedProcess | None = None
@@ -102,8 +106,9 @@ class Registry:
 
     @property
     def url(self) -> str:
-        """Base URL of the registry, "http://host:port"."""
-        return f"http://{self.hostport}"
+        """Base URL of the registry, "http://host:port", or "https://host:port" with `tls`."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.hostport}"
 
     @property
     def root_directory(self) -> Path:
@@ -147,7 +152,8 @@ class Registry:
         )
         self._process.start()
         try:
-            self._process.wait_http(f"{self.url}/v2/")
+            self._process.wait_http(f"{self.url}/v2/",
+                                    ca_bundle=self.tls.ca_path if self.tls else None)
         except BaseException:
             self._process.stop()
             raise
@@ -235,6 +241,9 @@ class Registry:
             # A fixed secret silences the start-up warning about a generated one.
             "http": {"addr": self.hostport, "secret": secrets.token_hex(16)},
         }
+        if self.tls is not None:
+            config["http"]["tls"] = {"certificate": str(self.tls.certificate_path),
+                                     "key": str(self.tls.key_path)}
         if self.users:
             config["auth"] = {
                 "htpasswd": {"realm": "registry-p2p-sandbox", "path": str(self._write_htpasswd())},
