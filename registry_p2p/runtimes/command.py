@@ -14,9 +14,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AGENT_CONFIG = "/etc/registry-p2p/agent.toml"
 RUNTIMES = ("containerd", "crio", "docker")
-# NOTE: this is where `registry-p2p agent ca` is to write the certificate of
-# the TLS interception CA, next to the agent's config file. When the file
-# exists, docker's certs.d gets a copy of it for each registry.
+# The certificate that `registry-p2p agent ca` writes in proxy.ca_dir; docker's
+# certs.d gets a copy of it for each registry whose CONNECTs the agent intercepts.
 INTERCEPTION_CA_CERTIFICATE = "ca.crt"
 
 
@@ -47,8 +46,10 @@ def plan(runtime, config_path, root):
         planned, warnings = containers.plan(upstreams.registries, address, root, config_path)
         steps = containers.next_steps()
     else:
-        ca_certificate = Path(config_path).parent / INTERCEPTION_CA_CERTIFICATE
-        planned, warnings = docker.plan(upstreams, address, root, config_path, ca_certificate)
+        ca_dir = config["proxy.ca_dir"]
+        ca_certificate = Path(ca_dir) / INTERCEPTION_CA_CERTIFICATE if ca_dir else None
+        planned, warnings = docker.plan(upstreams, address, root, config_path, ca_certificate,
+                                        config["proxy.other_hosts"])
         steps = docker.next_steps()
 
     return planned, warnings, steps

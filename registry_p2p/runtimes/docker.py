@@ -80,17 +80,20 @@ def parse_environment(text):
     return values
 
 
-def render_proxy_drop_in(agent_url, no_proxy, source):
-    """Return the systemd drop-in that makes dockerd use the agent as its HTTP and HTTPS proxy."""
-    return "\n".join([
+def render_proxy_drop_in(agent_url, no_proxy, source, https=True):
+    """Return the systemd drop-in that makes dockerd use the agent as its HTTP proxy, and HTTPS proxy with ``https``."""
+    lines = [
         f"# Written by registry-p2p agent configure --runtime docker from {source}.",
         "# dockerd sends registry requests through the registry-p2p agent. Entries",
         "# added to NO_PROXY are kept when the command runs again.",
         "[Service]",
         f'Environment="HTTP_PROXY={agent_url}"',
-        f'Environment="HTTPS_PROXY={agent_url}"',
-        f'Environment="NO_PROXY={",".join(no_proxy)}"',
-    ]) + "\n"
+    ]
+    if https:
+        lines.append(f'Environment="HTTPS_PROXY={agent_url}"')
+    lines.append(f'Environment="NO_PROXY={",".join(no_proxy)}"')
+
+    return "\n".join(lines) + "\n"
 
 
 def _no_proxy(existing_text):
@@ -124,10 +127,10 @@ def _other_proxy_drop_ins(directory, own_name):
 def interception_ca_changes(ca_certificate, registries, root):
     """Return FileChanges that make dockerd trust the agent's TLS interception CA.
 
-    Hook for the docker proxy mode with TLS interception: when the CA
-    certificate file exists, it is copied to
-    /etc/docker/certs.d/<registry>/ca.crt for each configured registry.
-    Returns [] when it does not exist.
+    When the CA certificate file exists, it is copied to
+    /etc/docker/certs.d/<registry>/ca.crt for each configured registry with
+    an https url, the ones whose CONNECTs the agent intercepts. Returns []
+    when it does not exist.
     """
     certificate = read_text(ca_certificate)
     if certificate is None:
@@ -135,17 +138,38 @@ def interception_ca_changes(ca_certificate, registries, root):
 
     changes = []
     for registry in registries:
+        if not registry.url.startswith("https://"):
+            continue
         path = rooted(root, f"{CERTS_DIRECTORY}/{registry.name}/ca.crt")
         changes.append(FileChange(path, read_text(path), certificate))
 
     return changes
 
 
-def plan(upstreams, agent_address, root, source, ca_certificate):
-    """Return the FileChanges for daemon.json, the proxy drop-in and the CA hook, and warnings."""
+def plan(upstreams, agent_address, root, source, ca_certificate, other_hosts="reject"):
+    """Return the FileChanges for daemon.json, the proxy drop-in and the CA certificates, and warnings.
+
+    ``ca_certificate`` is the agent's interception CA (None when
+    proxy.ca_dir is empty) and ``other_hosts`` its proxy.other_hosts.
+    HTTPS_PROXY points at the agent only when the agent can serve dockerd's
+    CONNECTs: by intercepting them, or by tunnelling every other one.
+    """
     agent_url = f"http://{agent_address}"
     changes = []
     warnings = []
+    https = ca_certificate is not None or other_hosts == "tunnel"
+    if ca_certificate is None:
+        warnings.append("proxy.ca_dir is empty, so HTTPS_PROXY is not set: dockerd pulls "
+                        "from https registries directly, without P2P. Run 'registry-p2p "
+                        "agent ca' and set proxy.ca_dir to send them through the agent")
+    elif not ca_certificate.exists():
+        warnings.append(f"{ca_certificate} does not exist; create it with 'registry-p2p "
+                        f"agent ca' before the agent starts")
+    if https and other_hosts == "reject":
+        warnings.append("proxy.other_hosts is \"reject\": while HTTPS_PROXY points at the "
+                        "agent, dockerd cannot pull from https registries that are not in "
+                        "[[registries]]. Add their hosts to NO_PROXY in the drop-in, or set "
+                        "proxy.other_hosts = \"tunnel\"")
 
     hub = docker_hub_registry(upstreams)
     daemon_json = rooted(root, DAEMON_JSON)
@@ -166,14 +190,15 @@ def plan(upstreams, agent_address, root, source, ca_certificate):
     drop_in = directory / PROXY_DROP_IN_NAME
     old = read_text(drop_in)
     changes.append(FileChange(drop_in, old, render_proxy_drop_in(agent_url, _no_proxy(old),
-                                                                 source)))
+                                                                 source, https)))
     for path, names in _other_proxy_drop_ins(directory, PROXY_DROP_IN_NAME):
         last = path if path.name > PROXY_DROP_IN_NAME else drop_in
         warnings.append(f"{path} also sets {', '.join(names)}; systemd applies drop-ins in "
                         f"name order, so for a variable set in both files the value in "
                         f"{last} wins")
 
-    changes += interception_ca_changes(ca_certificate, upstreams.registries, root)
+    if ca_certificate is not None:
+        changes += interception_ca_changes(ca_certificate, upstreams.registries, root)
 
     return changes, warnings
 

@@ -65,12 +65,20 @@ def test_parse_environment():
                                        "HTTPS_PROXY": "http://proxy:3128"}
 
 
-def test_plan_with_hub_as_default(tmp_path):
-    changes, warnings = plan(Upstreams((HUB, PRIVATE)), AGENT, tmp_path, "agent.toml",
-                             tmp_path / "missing-ca.crt")
+@pytest.fixture
+def ca_certificate(tmp_path):
+    path = tmp_path / "ca" / "ca.crt"
+    path.parent.mkdir()
+    path.write_text("-----BEGIN CERTIFICATE-----\n...\n")
+    return path
 
-    assert [change.path for change in changes] == [tmp_path / "etc/docker/daemon.json",
-                                                   tmp_path / DROP_IN]
+
+def test_plan_with_hub_as_default(tmp_path, ca_certificate):
+    changes, warnings = plan(Upstreams((HUB, PRIVATE)), AGENT, tmp_path, "agent.toml",
+                             ca_certificate, other_hosts="tunnel")
+
+    assert [change.path for change in changes[:2]] == [tmp_path / "etc/docker/daemon.json",
+                                                       tmp_path / DROP_IN]
     assert json.loads(changes[0].new) == {"registry-mirrors": [AGENT_URL]}
     assert parse_environment(changes[1].new) == {
         "HTTP_PROXY": AGENT_URL, "HTTPS_PROXY": AGENT_URL,
@@ -78,19 +86,37 @@ def test_plan_with_hub_as_default(tmp_path):
     assert warnings == []
 
 
-def test_plan_without_hub_leaves_daemon_json(tmp_path):
+def test_plan_without_interception_sets_no_https_proxy(tmp_path):
+    changes, warnings = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml", None)
+
+    assert [change.path for change in changes] == [tmp_path / DROP_IN]
+    assert "HTTPS_PROXY" not in parse_environment(changes[0].new)
+    assert len(warnings) == 1
+    assert "proxy.ca_dir is empty" in warnings[0]
+
+
+def test_plan_warns_that_other_hosts_are_rejected(tmp_path, ca_certificate):
     changes, warnings = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml",
-                             tmp_path / "missing-ca.crt")
+                             ca_certificate)
 
-    assert [change.path for change in changes] == [tmp_path / DROP_IN]
-    assert warnings == []
+    assert parse_environment(changes[0].new)["HTTPS_PROXY"] == AGENT_URL
+    assert len(warnings) == 1
+    assert "NO_PROXY" in warnings[0]
 
 
-def test_plan_warns_when_hub_is_not_default(tmp_path):
+def test_plan_warns_about_missing_ca(tmp_path):
+    _, warnings = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml",
+                       tmp_path / "missing-ca.crt", other_hosts="tunnel")
+
+    assert len(warnings) == 1
+    assert "registry-p2p agent ca" in warnings[0]
+
+
+def test_plan_warns_when_hub_is_not_default(tmp_path, ca_certificate):
     changes, warnings = plan(Upstreams((PRIVATE, HUB)), AGENT, tmp_path, "agent.toml",
-                             tmp_path / "missing-ca.crt")
+                             ca_certificate, other_hosts="tunnel")
 
-    assert [change.path for change in changes] == [tmp_path / DROP_IN]
+    assert changes[0].path == tmp_path / DROP_IN
     assert len(warnings) == 1
     assert 'default_registry = "docker.io"' in warnings[0]
 
@@ -100,31 +126,33 @@ def test_plan_keeps_added_no_proxy_entries(tmp_path):
     drop_in.parent.mkdir(parents=True)
     drop_in.write_text('[Service]\nEnvironment="NO_PROXY=localhost,auth.example.org"\n')
 
-    changes, _ = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml",
-                      tmp_path / "missing-ca.crt")
+    changes, _ = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml", None)
 
     assert parse_environment(changes[0].new)["NO_PROXY"] == (
         "localhost,127.0.0.0/8,::1,auth.example.org")
 
 
-def test_plan_warns_about_other_proxy_drop_in(tmp_path):
+def test_plan_warns_about_other_proxy_drop_in(tmp_path, ca_certificate):
     other = tmp_path / "etc/systemd/system/docker.service.d/http-proxy.conf"
     other.parent.mkdir(parents=True)
     other.write_text('[Service]\nEnvironment="HTTPS_PROXY=http://proxy.example.org:3128"\n')
 
-    _, warnings = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml",
-                       tmp_path / "missing-ca.crt")
+    _, warnings = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml", ca_certificate,
+                       other_hosts="tunnel")
 
     assert len(warnings) == 1
     assert "HTTPS_PROXY" in warnings[0]
     assert str(tmp_path / DROP_IN) + " wins" in warnings[0]
 
 
-def test_plan_copies_interception_ca(tmp_path):
-    ca_certificate = tmp_path / "ca.crt"
-    ca_certificate.write_text("-----BEGIN CERTIFICATE-----\n...\n")
+def test_plan_copies_ca_for_https_registries_only(tmp_path, ca_certificate):
+    plain = Registry(name="plain.example.org:5000", url="http://plain.example.org:5000",
+                     sidecars=())
 
-    changes, _ = plan(Upstreams((PRIVATE,)), AGENT, tmp_path, "agent.toml", ca_certificate)
+    changes, _ = plan(Upstreams((PRIVATE, plain)), AGENT, tmp_path, "agent.toml",
+                      ca_certificate, other_hosts="tunnel")
 
-    assert changes[-1].path == tmp_path / "etc/docker/certs.d/registry.example.org/ca.crt"
-    assert changes[-1].new == ca_certificate.read_text()
+    copies = [change for change in changes if change.path.name == "ca.crt"]
+    assert [change.path for change in copies] == [
+        tmp_path / "etc/docker/certs.d/registry.example.org/ca.crt"]
+    assert copies[0].new == ca_certificate.read_text()
