@@ -33,14 +33,15 @@ def agent_address(listen):
     return f"{host}:{port}"
 
 
-def plan(runtime, config_path, root):
+def plan(runtime, config_path, root, all_registries=False):
     """Return the FileChanges, warnings and next steps for ``runtime`` from the agent's config."""
     config = configuration.load(configuration.AGENT_OPTIONS, config_path)
     upstreams = Upstreams(config["registries"], config["default_registry"])
     address = agent_address(config["listen"])
 
     if runtime == "containerd":
-        planned, warnings = containerd.plan(upstreams.registries, address, root)
+        planned, warnings = containerd.plan(upstreams.registries, address, root,
+                                            all_registries)
         steps = containerd.next_steps()
     elif runtime == "crio":
         planned, warnings = containers.plan(upstreams.registries, address, root, config_path)
@@ -57,8 +58,12 @@ def plan(runtime, config_path, root):
 
 def run(args):
     """Show (``--dry-run``) or write the planned files; return the exit status."""
+    if args.all_registries and args.runtime != "containerd":
+        raise files.ConfigureError("--all-registries applies to --runtime containerd only")
+
     config_path = os.path.abspath(args.config or DEFAULT_AGENT_CONFIG)
-    planned, warnings, steps = plan(args.runtime, config_path, args.root)
+    planned, warnings, steps = plan(args.runtime, config_path, args.root,
+                                    args.all_registries)
     for warning in warnings:
         print(f"registry-p2p: warning: {warning}", file=sys.stderr)
 
@@ -96,6 +101,11 @@ def add_parser(agent_commands):
              "registries.conf drop-in, which podman and skopeo read too; docker: "
              "daemon.json registry-mirrors for Docker Hub and a systemd drop-in that makes "
              "the agent dockerd's proxy")
+    parser.add_argument("--all-registries", action="store_true",
+                        help="containerd only: also list the agent in _default/hosts.toml, "
+                             "for registries without a hosts.toml of their own (those "
+                             "outside the agent's config then cost a 403 before containerd "
+                             "goes to the registry)")
     parser.add_argument("--dry-run", action="store_true",
                         help="show the changes as a unified diff and write nothing")
     # SUPPRESS keeps `agent -c FILE configure` working: without -c here, the

@@ -23,8 +23,8 @@ HOST_INDENT = "  "
 
 
 def render_hosts_toml(server, agent_url):
-    """Return a new hosts.toml: the agent first, then ``server``, the registry's URL."""
-    lines = [f"server = {toml_string(server)}", ""]
+    """Return a new hosts.toml: the agent first, then ``server``, the registry's URL (None: none)."""
+    lines = [f"server = {toml_string(server)}", ""] if server is not None else []
     lines += render_table(("host", agent_url), {"capabilities": CAPABILITIES}, HOST_INDENT)
 
     return "\n".join(lines) + "\n"
@@ -104,7 +104,8 @@ def merge_hosts_toml(text, server, agent_url, source):
     agent_entry = dict(hosts.get(agent_url, {}))
     agent_entry["capabilities"] = CAPABILITIES
     expected = dict(document)
-    expected.setdefault("server", server)
+    if server is not None:
+        expected.setdefault("server", server)
     expected["host"] = {agent_url: agent_entry,
                         **{url: entry for url, entry in hosts.items() if url != agent_url}}
     if expected == document and list(hosts)[:1] == [agent_url]:
@@ -117,7 +118,7 @@ def merge_hosts_toml(text, server, agent_url, source):
     first_host = next((index for index, (path, _) in enumerate(blocks) if path[:1] == ("host",)),
                       len(blocks))
     blocks.insert(first_host, agent_block)
-    if "server" not in document:
+    if "server" not in document and server is not None:
         _ensure_newline(prelude)
         prelude += [f"server = {toml_string(server)}\n", "\n"]
 
@@ -180,8 +181,14 @@ def _host_directories(name):
     return [name]
 
 
-def plan(registries, agent_address, root):
-    """Return the FileChange of each configured registry's hosts.toml, and warnings."""
+def plan(registries, agent_address, root, all_registries=False):
+    """Return the FileChange of each configured registry's hosts.toml, and warnings.
+
+    With ``all_registries``, ``_default/hosts.toml`` also lists the agent, for
+    registries without a directory of their own. It names no server, so
+    containerd falls back to each registry's own address, after a 403 from
+    the agent for registries outside its config.
+    """
     config_file = rooted(root, CONFIG_FILE)
     hosts_dir, warnings = hosts_directory(read_text(config_file), config_file)
     agent_url = f"http://{agent_address}"
@@ -200,6 +207,15 @@ def plan(registries, agent_address, root):
         else:
             new = merge_hosts_toml(old, registry.url, agent_url, path)
             _warn_about_server(old, registry, path, warnings)
+        changes.append(FileChange(path, old, new))
+
+    if all_registries:
+        path = rooted(root, PurePosixPath(hosts_dir) / "_default" / "hosts.toml")
+        old = read_text(path)
+        if old is None or not old.strip():
+            new = render_hosts_toml(None, agent_url)
+        else:
+            new = merge_hosts_toml(old, None, agent_url, path)
         changes.append(FileChange(path, old, new))
 
     return changes, warnings

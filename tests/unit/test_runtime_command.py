@@ -125,3 +125,12 @@ def test_agent_without_config_is_explained(capfd):
 ])
 def test_agent_address(listen, address):
     assert agent_address(listen) == address
+
+
+def test_all_registries_only_for_containerd(agent_config, tmp_path, capfd):
+    status = main(["agent", "-c", str(agent_config), "configure", "--runtime", "crio",
+                   "--all-registries", "--root", str(tmp_path / "root")])
+
+    assert status != 0
+    assert "--all-registries applies to --runtime containerd only" in capfd.readouterr().err
+    assert not (tmp_path / "root").exists()

@@ -146,3 +146,24 @@ def test_plan_warns_about_other_server(tmp_path):
 
     assert tomllib.loads(changes[0].new)["server"] == "https://elsewhere.example.org"
     assert any("keeps server" in warning for warning in warnings), warnings
+
+
+def test_plan_all_registries_adds_default_without_server(tmp_path):
+    changes, _ = plan([REGISTRY], "127.0.0.1:5080", tmp_path, all_registries=True)
+
+    default = changes[-1]
+    assert default.path == tmp_path / "etc/containerd/certs.d/_default/hosts.toml"
+    assert tomllib.loads(default.new) == {
+        "host": {"http://127.0.0.1:5080": {"capabilities": ["pull", "resolve"]}}}
+
+
+def test_plan_all_registries_merges_existing_default(tmp_path):
+    existing = tmp_path / "etc/containerd/certs.d/_default/hosts.toml"
+    existing.parent.mkdir(parents=True)
+    existing.write_text('[host."https://mirror.example.org"]\n  capabilities = ["pull"]\n')
+
+    changes, _ = plan([REGISTRY], "127.0.0.1:5080", tmp_path, all_registries=True)
+
+    merged = tomllib.loads(changes[-1].new)
+    assert "server" not in merged
+    assert list(merged["host"]) == ["http://127.0.0.1:5080", "https://mirror.example.org"]
