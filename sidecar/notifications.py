@@ -88,6 +88,8 @@ def parse_envelope(body):
         envelope = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise bad_request("body is nested too deeply") from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("events"), list):
         raise bad_request('expected an object with an "events" list')
 
@@ -110,6 +112,8 @@ def _parse_event(raw):
     digest = target.get("digest")
     if action not in ("push", "delete") or not repository or not digest:
         return None
+    if not isinstance(repository, str) or not isinstance(digest, str):
+        raise bad_request("target.repository and target.digest must be strings")
 
     try:
         digests.validate_repository(repository)
@@ -136,12 +140,18 @@ class Notifications:
     def accept(self, events):
         """Queue events for the worker thread; drop them when the queue is full."""
         self._start_worker()
+        dropped = []
         for event in events:
             try:
                 self._queue.put_nowait(event)
             except queue.Full:
-                log.warning("notification queue full; dropping %s event %s for %s@sha256:%s",
-                            event.action, event.id, event.repository, event.hex_digest)
+                dropped.append(event)
+
+        if dropped:
+            first = dropped[0]
+            log.warning("notification queue full; dropped %d events, the first %s event %s "
+                        "for %s@sha256:%s", len(dropped), first.action, first.id,
+                        first.repository, first.hex_digest)
 
     def _start_worker(self):
         # Started on first use, in the worker process that serves requests.
@@ -282,12 +292,12 @@ def _list(value):
 
 
 def _sha256_digests(values):
-    found = []
+    """Return the hex parts of the well-formed sha256 digests in ``values``, once each, in order."""
+    found = {}
     for value in values:
         if isinstance(value, str) and value.startswith("sha256:"):
             hex_digest = value.removeprefix("sha256:")
             if len(hex_digest) == 64 and all(c in "0123456789abcdef" for c in hex_digest):
-                if hex_digest not in found:
-                    found.append(hex_digest)
+                found.setdefault(hex_digest, None)
 
-    return found
+    return list(found)

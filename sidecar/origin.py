@@ -32,6 +32,11 @@ class Origin:
         hex_digest = digests.parse_digest(digest)
 
         size = self._authorize(repository, digest, authorization)
+        if size == 0:
+            # A torrent cannot describe 0 bytes; clients fetch such blobs
+            # from the registry, as agents do for every small blob.
+            raise RegistryHTTPError(400, "UNSUPPORTED", "empty blobs are not distributed "
+                                    "over BitTorrent", detail=f"{repository}@{digest}")
 
         try:
             linked = self.driver.is_linked(repository, hex_digest)
@@ -95,7 +100,7 @@ class Origin:
                          hex_digest, repository)
                 return False
             size = self.driver.stat(hex_digest, repository)
-            if size < min_size:
+            if size < max(min_size, 1):
                 return False
             filled = self._fill(repository, hex_digest, size)
 

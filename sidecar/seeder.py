@@ -71,8 +71,9 @@ class Seeder:
         for hex_digest in self.cache.cached_digests():
             try:
                 self.seed(hex_digest)
-            except RegistryP2PError:
-                log.exception("cannot seed cached blob sha256:%s", hex_digest)
+            except Exception:
+                # One blob libtorrent rejects must not keep the sidecar down.
+                log.exception("cannot seed cached blob sha256:%s; skipping it", hex_digest)
         log.info("seeding %d cached blobs, announcing to %s", len(self.seeded), self.trackers)
         threading.Thread(target=self._expire_peers, name="tracker-expiry", daemon=True).start()
 

@@ -102,6 +102,9 @@ class SwiftDriver(StorageDriver):
             if exc.http_status == 404:
                 return False
             raise self._error(exc, name) from None
+        except _TRANSPORT_ERRORS as exc:
+            self._drop_connection()
+            raise self._transport_error(exc, name) from None
 
         return content.strip() == f"sha256:{hex_digest}".encode()
 
@@ -119,6 +122,7 @@ class SwiftDriver(StorageDriver):
         except ClientException as exc:
             raise self._error(exc, manifest) from None
         except _TRANSPORT_ERRORS as exc:
+            self._drop_connection()
             raise self._transport_error(exc, manifest) from None
 
         listed = [Part(entry["name"], int(entry["bytes"])) for entry in listing]
@@ -153,6 +157,7 @@ class SwiftDriver(StorageDriver):
                 return None
             raise self._error(exc, f"{container}/{name}") from None
         except _TRANSPORT_ERRORS as exc:
+            self._drop_connection()
             raise self._transport_error(exc, f"{container}/{name}") from None
 
         log.info("segment %s/%s is not in the container listing yet; read it anyway",
@@ -164,6 +169,9 @@ class SwiftDriver(StorageDriver):
             return self.connection.head_object(self.container, name)
         except ClientException as exc:
             raise self._error(exc, name) from None
+        except _TRANSPORT_ERRORS as exc:
+            self._drop_connection()
+            raise self._transport_error(exc, name) from None
 
     def _drop_connection(self):
         connection = getattr(self._local, "connection", None)

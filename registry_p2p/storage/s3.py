@@ -90,7 +90,7 @@ class S3Driver(StorageDriver):
         key = self.key(layout.layer_link_path(repository, hex_digest))
         try:
             content = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except _BOTO_ERRORS as exc:
+        except _BOTO_ERRORS + _TRANSPORT_ERRORS as exc:
             error = self._error(exc, key)
             if isinstance(error, BlobNotFound):
                 return False

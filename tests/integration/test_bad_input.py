@@ -297,3 +297,23 @@ def test_seeder_survives_client_without_key(stack, small_image, http):
     result = pull_image(stack.agents[0].url, stack.registry.hostport, REPOSITORY, "v1")
     assert result.complete
     assert "rejected a connection" in (stack.sidecar.workdir / "sidecar.log").read_text()
+
+
+def test_empty_blob_is_not_torrented(stack, http):
+    """A 0-byte blob gets a clear 400 from the sidecar, stays out of its cache, and cannot brick a restart."""
+    empty = hashlib.sha256(b"").hexdigest()
+    upload = http.post(f"{stack.registry.url}/v2/{REPOSITORY}/blobs/uploads/", timeout=10)
+    location = upload.headers["Location"]
+    separator = "&" if "?" in location else "?"
+    pushed = http.put(f"{location}{separator}digest=sha256:{empty}", data=b"", timeout=10)
+    assert pushed.status_code == 201
+
+    response = http.get(f"{stack.sidecar.url}/p2p/v1/{REPOSITORY}/blobs/sha256:{empty}/torrent",
+                        timeout=30)
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert not list((stack.sidecar.cache_dir / "blobs").rglob(f"{empty}*"))
+    stack.sidecar.stop()
+    stack.sidecar.start()
+    assert http.get(f"{stack.sidecar.url}/healthz").status_code == 200

@@ -106,3 +106,16 @@ def test_index_children():
 def test_malformed_manifest_entries_are_ignored(manifest):
     assert manifest_blobs(manifest) == []
     assert manifest_children(manifest) == []
+
+
+@pytest.mark.parametrize("body", [
+    b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    json.dumps({"events": [_event(repository=5)]}).encode(),
+    json.dumps({"events": [_event(repository=["a"])]}).encode(),
+    json.dumps({"events": [_event(digest={"x": 1})]}).encode(),
+])
+def test_hostile_envelope_is_400(body):
+    with pytest.raises(RegistryHTTPError) as raised:
+        parse_envelope(body)
+
+    assert raised.value.status == 400
