@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from registry_p2p import __version__, config as configuration, logs
+from registry_p2p import __version__, config as configuration, logs, storage
 from registry_p2p.agent.upstreams import Upstreams
 from registry_p2p.errors import ConfigError, RegistryP2PError
 from registry_p2p.runtimes import command as configure
@@ -156,6 +156,8 @@ def _check_config(args):
     config = configuration.load(options[args.process], args.config)
     if args.process == "agent":
         Upstreams(config["registries"], config["default_registry"])
+    else:
+        storage.check_driver_config(config)
     print(f"{args.config}: valid {args.process} configuration")
 
 

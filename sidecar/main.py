@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+from registry_p2p import storage
 from registry_p2p.config import create_cache_dir
 from registry_p2p.errors import P2PError, RegistryP2PError
 from registry_p2p.server import GunicornServer, gunicorn_options
@@ -38,6 +39,9 @@ def start_seeder(config):
 
 
 def run(config):
+    # Every gunicorn worker creates the driver; a bad setting is reported
+    # once here instead of by each worker's traceback.
+    storage.check_driver_config(config)
     create_cache_dir(config["cache_dir"])
     seeder = start_seeder(config)
     log.info("sidecar fronting %s, serving on %s:%d", config["registry_url"], *config["listen"])

@@ -36,4 +36,12 @@ def open_driver(config):
     return driver_class(config["storage.driver"]).from_config(config)
 
 
-__all__ = ["DRIVERS", "StorageDriver", "driver_class", "open_driver"]
+def check_driver_config(config):
+    """Raise ConfigError if the storage settings are incomplete; nothing is contacted.
+
+    Drivers connect lazily, so creating one checks its settings only.
+    """
+    open_driver(config).close()
+
+
+__all__ = ["DRIVERS", "StorageDriver", "check_driver_config", "driver_class", "open_driver"]
