@@ -20,11 +20,12 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from registry_p2p import torrent
 from registry_p2p.bencode import bdecode, bencode
-from registry_p2p.errors import DigestMismatch, StorageError
+from registry_p2p.errors import DigestMismatch, RegistryP2PError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,14 @@ class BlobCache:
                 yield info.stem
 
     @contextlib.contextmanager
-    def lock(self, hex_digest):
-        """Hold an exclusive lock on one blob, shared by every process using this cache."""
+    def lock(self, hex_digest, timeout=None):
+        """Hold an exclusive lock on one blob, shared by every process using this cache.
+
+        With ``timeout`` (seconds), LockTimeout is raised when another
+        holder keeps the lock that long, instead of waiting on.
+        """
         with open(self.locks_dir / f"{hex_digest}.lock", "wb") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _acquire(handle, timeout, hex_digest)
             try:
                 yield
             finally:
@@ -153,6 +158,27 @@ class BlobCache:
         sizes = [self.data_path(hex_digest).stat().st_size for hex_digest in self.cached_digests()]
 
         return len(sizes), sum(sizes)
+
+
+class LockTimeout(RegistryP2PError):
+    """Another request held a blob's lock longer than the caller would wait."""
+
+
+def _acquire(handle, timeout, hex_digest):
+    if timeout is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"blob sha256:{hex_digest} stayed locked for {timeout:.0f} s "
+                                  f"by another request") from None
+            time.sleep(0.1)
 
 
 def _copy(stream, out, hasher, expected_size, hex_digest):

@@ -5,6 +5,7 @@ import logging
 from registry_p2p import digest as digests
 from registry_p2p.errors import (BlobNotFound, DigestMismatch, RegistryHTTPError, StorageError,
                                  blob_unknown, unavailable)
+from registry_p2p.blobcache import LockTimeout
 from registry_p2p.registry_api import head_blob
 from sidecar.seeder import blob_metainfo
 
@@ -56,6 +57,22 @@ class Origin:
         self.seeder.call("count", name="metainfo_served", value=1)
 
         return blob_metainfo(self.cache, hex_digest, self.trackers)
+
+    def _copy_from_storage(self, repository, hex_digest, size):
+        try:
+            stored_size = self.driver.stat(hex_digest, repository)
+            if stored_size != size:
+                raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
+                                     f"{hex_digest}, the registry reports {size}")
+            with self.driver.open(hex_digest, repository) as stream:
+                self.cache.fill(hex_digest, size, stream)
+        except BlobNotFound:
+            log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)
+            raise blob_unknown(f"sha256:{hex_digest}") from None
+        except (DigestMismatch, StorageError) as exc:
+            log.error("cannot cache blob sha256:%s from %s storage: %s",
+                      hex_digest, self.driver.name, exc)
+            raise unavailable(f"cannot read blob from storage: {exc}") from None
 
     def _authorize(self, repository, digest, authorization):
         """HEAD the blob with the caller's credentials; return its size."""
@@ -119,25 +136,22 @@ class Origin:
         return True
 
     def _fill(self, repository, hex_digest, size):
-        """Copy a blob from storage into the cache; return False if it was there already."""
-        with self.cache.lock(hex_digest):
-            if self.cache.load_info(hex_digest) is not None:
-                return False
+        """Copy a blob from storage into the cache; return False if it was there already.
 
-            try:
-                stored_size = self.driver.stat(hex_digest, repository)
-                if stored_size != size:
-                    raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
-                                         f"{hex_digest}, the registry reports {size}")
-                with self.driver.open(hex_digest, repository) as stream:
-                    self.cache.fill(hex_digest, size, stream)
-            except BlobNotFound:
-                log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)
-                raise blob_unknown(f"sha256:{hex_digest}") from None
-            except (DigestMismatch, StorageError) as exc:
-                log.error("cannot cache blob sha256:%s from %s storage: %s",
-                          hex_digest, self.driver.name, exc)
-                raise unavailable(f"cannot read blob from storage: {exc}") from None
+        A request that finds another one filling the same blob waits for it
+        at most ``timeout`` seconds, so a stalled storage read cannot tie up
+        every thread of the sidecar.
+        """
+        try:
+            with self.cache.lock(hex_digest, timeout=self.timeout):
+                if self.cache.load_info(hex_digest) is not None:
+                    return False
+                self._copy_from_storage(repository, hex_digest, size)
+        except LockTimeout as exc:
+            log.warning("gave up waiting for another request's read of sha256:%s: %s",
+                        hex_digest, exc)
+            raise unavailable(f"blob sha256:{hex_digest} is being read from storage by "
+                              f"another request; retry later") from None
 
         self.seeder.call("count", name="storage_read_bytes", value=size)
         self.seeder.call("count", name="cache_fills", value=1)

@@ -33,10 +33,9 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-# swiftclient's retries of a failed request, and the seconds that swiftclient
-# and keystoneauth1 wait to connect or for data.
-RETRIES = 3
-TIMEOUT = 60
+# swiftclient's retries of a failed request. swiftclient and keystoneauth1
+# wait the sidecar's upstream_timeout to connect or for data.
+RETRIES = 2
 
 OBJECT_STORE = "object-store"
 
@@ -72,7 +71,7 @@ def connection_options(config):
             raise ConfigError(f"storage.driver is \"swift\" but storage.swift.{name} is "
                               f"empty; set it to the registry's storage.swift.{name}")
 
-    common = {"retries": RETRIES, "timeout": TIMEOUT,
+    common = {"retries": RETRIES, "timeout": config["upstream_timeout"],
               "insecure": config["storage.swift.insecureskipverify"]}
     if auth_version(config) == 1:
         return {**common, "authurl": config["storage.swift.authurl"],
@@ -138,7 +137,7 @@ def keystone_session_for(config):
 
     session = keystone_session.Session(auth=password,
                                        verify=not config["storage.swift.insecureskipverify"],
-                                       timeout=TIMEOUT)
+                                       timeout=config["upstream_timeout"])
     return SharedKeystoneSession(session, config["storage.swift.authurl"])
 
 

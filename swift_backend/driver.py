@@ -39,12 +39,13 @@ CHUNK_SIZE = 1024 * 1024
 class SwiftDriver(StorageDriver):
     name = "swift"
 
-    def __init__(self, connect, container, prefix="", read_concurrency=4):
+    def __init__(self, connect, container, prefix="", read_concurrency=4, stall_timeout=60.0):
         """``connect()`` returns a new swiftclient Connection; one is used per thread."""
         self._connect = connect
         self.container = container
         self.prefix = prefix.strip("/")
         self.read_concurrency = read_concurrency
+        self.stall_timeout = stall_timeout
         self._local = threading.local()
         self._connections = []
         self._connections_lock = threading.Lock()
@@ -67,7 +68,7 @@ class SwiftDriver(StorageDriver):
             return Connection(**options)
 
         return cls(connect, config["storage.swift.container"], config["storage.swift.prefix"],
-                   config["storage.read_concurrency"])
+                   config["storage.read_concurrency"], 2 * config["upstream_timeout"])
 
     @property
     def connection(self):
@@ -132,7 +133,8 @@ class SwiftDriver(StorageDriver):
 
         return PartReader(segments, lambda part, offset: self._stream(segment_container,
                                                                       part.name, offset),
-                          label, self._pool, workers=self.read_concurrency)
+                          label, self._pool, workers=self.read_concurrency,
+                          stall_timeout=self.stall_timeout)
 
     def _stream(self, container, name, offset):
         """Yield an object's bytes from ``offset``; failures raise StorageError or BlobNotFound."""

@@ -92,15 +92,17 @@ class PartReader(ChunkReader):
 
     def __init__(self, parts: list[Part], fetch: Callable[[Part, int], Iterable[bytes]],
                  label: str, pool: concurrent.futures.Executor, workers: int = 4,
-                 attempts: int = 3):
+                 attempts: int = 3, stall_timeout: float = 60.0):
         self._fetch = fetch
         self._label = label
         self._pool = pool
         self._workers = workers
         self._attempts = attempts
+        self._stall_timeout = stall_timeout
         self._pending = list(parts)
         self._window = []
         self._closed = threading.Event()
+        self._last_progress = time.monotonic()
         super().__init__(self._in_order())
 
     def _fill_window(self):
@@ -111,9 +113,23 @@ class PartReader(ChunkReader):
     def _in_order(self):
         self._fill_window()
         while self._window:
-            content = self._window.pop(0).result()
+            content = self._wait_for(self._window[0])
+            self._window.pop(0)
             self._fill_window()
             yield content
+
+    def _wait_for(self, future):
+        """Return a part's bytes; raise StorageError when no part made progress for stall_timeout."""
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                stalled = time.monotonic() - self._last_progress
+                if stalled > self._stall_timeout:
+                    log.error("no bytes of %s from storage for %.0f s; giving up", self._label,
+                              stalled)
+                    raise StorageError(f"no bytes of {self._label} arrived from storage for "
+                                       f"{stalled:.0f} s") from None
 
     def _download(self, part):
         """Return the bytes of ``part``, resuming from the first missing byte after a failure."""
@@ -124,6 +140,7 @@ class PartReader(ChunkReader):
                     if self._closed.is_set():
                         raise StorageError(f"read of {self._label} was closed")
                     received += chunk
+                    self._last_progress = time.monotonic()
                     if len(received) > part.size:
                         break
             except BlobNotFound:
@@ -155,10 +172,10 @@ class PartReader(ChunkReader):
         time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
 
     def close(self):
+        """Stop the read. Downloads stuck in a socket read end at the socket's timeout, unwaited."""
         self._closed.set()
         self._pending = []
         for future in self._window:
             future.cancel()
-        concurrent.futures.wait(self._window)
         self._window = []
         super().close()

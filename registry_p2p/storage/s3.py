@@ -40,12 +40,13 @@ class S3Driver(StorageDriver):
     name = "s3"
 
     def __init__(self, client, bucket, rootdirectory="", read_concurrency=4,
-                 part_size=PART_SIZE):
+                 part_size=PART_SIZE, stall_timeout=60.0):
         self.client = client
         self.bucket = bucket
         self.prefix = rootdirectory.strip("/")
         self.read_concurrency = read_concurrency
         self.part_size = part_size
+        self.stall_timeout = stall_timeout
         self._pool = part_pool(read_concurrency)
 
     @classmethod
@@ -74,11 +75,14 @@ class S3Driver(StorageDriver):
                 # path style for them too.
                 s3={"addressing_style": "path" if endpoint else "auto"},
                 retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=config["upstream_timeout"],
+                read_timeout=config["upstream_timeout"],
             ),
         )
 
         return cls(client, config["storage.s3.bucket"], config["storage.s3.rootdirectory"],
-                   config["storage.read_concurrency"])
+                   config["storage.read_concurrency"],
+                   stall_timeout=2 * config["upstream_timeout"])
 
     def key(self, relative_path):
         return f"{self.prefix}/{relative_path}" if self.prefix else relative_path
@@ -113,7 +117,8 @@ class S3Driver(StorageDriver):
         def fetch(part, offset):
             return self._stream(key, part.offset + offset, part.offset + part.size)
 
-        return PartReader(parts, fetch, label, self._pool, workers=self.read_concurrency)
+        return PartReader(parts, fetch, label, self._pool, workers=self.read_concurrency,
+                          stall_timeout=self.stall_timeout)
 
     def _stream(self, key, start=None, end=None):
         """Yield an object's bytes, or bytes ``start`` to ``end - 1``; failures raise StorageError."""

@@ -4,13 +4,16 @@ import errno
 import hashlib
 import io
 import random
+import threading
 
 import pytest
 
 from registry_p2p import torrent
 from registry_p2p.bencode import bdecode
-from registry_p2p.blobcache import BlobCache
+from registry_p2p.blobcache import BlobCache, LockTimeout
 from registry_p2p.errors import DigestMismatch, StorageError
+
+HEX_LOCKED = "c" * 64
 
 PIECE = torrent.MIN_PIECE_SIZE
 # Three pieces, the last one short, read in several chunks by fill().
@@ -291,3 +294,29 @@ def test_remove_missing_blob(cache):
     cache.remove(HEX)
 
     assert list(cache.cached_digests()) == []
+
+
+def test_lock_wait_is_bounded(tmp_path):
+    cache = BlobCache(tmp_path / "cache")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with cache.lock(HEX_LOCKED):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        with pytest.raises(LockTimeout, match=f"sha256:{HEX_LOCKED} stayed locked"):
+            with cache.lock(HEX_LOCKED, timeout=0.3):
+                pass
+    finally:
+        release.set()
+        holder.join()
+
+    with cache.lock(HEX_LOCKED, timeout=0.3):
+        pass
+

@@ -187,3 +187,20 @@ def test_close_before_reading_stops_pending_parts(pool):
     reader.close()
 
     assert len(calls) <= 3
+
+
+def test_stalled_storage_fails_the_read(pool):
+    release = threading.Event()
+
+    def fetch(part, offset):
+        yield DATA[:10]
+        release.wait(30)
+        yield DATA[10:part.size]
+
+    reader = PartReader(_parts([1000]), fetch, "blob sha256:ab", pool, stall_timeout=1.5)
+    try:
+        with pytest.raises(StorageError, match="no bytes of blob sha256:ab arrived from storage"):
+            reader.read()
+    finally:
+        reader.close()
+        release.set()

@@ -122,7 +122,7 @@ def test_v1_connection_options():
     options = auth.connection_options(swift_config(authurl=TEMPAUTH_URL, username="test:tester"))
 
     assert options == {"authurl": TEMPAUTH_URL, "user": "test:tester", "key": "s3cr3t",
-                       "retries": auth.RETRIES, "timeout": auth.TIMEOUT, "insecure": False}
+                       "retries": auth.RETRIES, "timeout": 30.0, "insecure": False}
 
 
 def test_v1_insecureskipverify():
@@ -226,7 +226,7 @@ def test_keystone_connection_options():
     assert options["os_options"] == {"service_type": "object-store",
                                      "endpoint_type": "internal", "region_name": "RegionTwo"}
     assert (options["retries"], options["timeout"], options["insecure"]) == (
-        auth.RETRIES, auth.TIMEOUT, False)
+        auth.RETRIES, 30.0, False)
     assert "key" not in options
 
 
@@ -241,7 +241,7 @@ def test_keystone_session_plugin():
         "registry", "s3cr3t", "Users")
     assert (plugin.project_name, plugin.project_domain_name) == ("registry-project", "Users")
     assert session.verify is True
-    assert session.timeout == auth.TIMEOUT
+    assert session.timeout == 30.0
 
 
 def test_keystone_insecureskipverify():
