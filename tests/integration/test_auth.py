@@ -202,13 +202,6 @@ def probe_layer(stack, images):
     return layer, _layer_bytes(image, layer)
 
 
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
-
 def _assert_layers_over_p2p(agent, image):
     blobs = agent.stats()["blobs"]
     for layer in _big_layers(image):
