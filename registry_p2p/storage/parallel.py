@@ -156,7 +156,7 @@ class PartReader(ChunkReader):
                 return received
             if len(received) > part.size:
                 # The part changed since it was listed; resuming cannot fix that.
-                raise StorageError(f"{part.name} of {self._label} holds more than the "
+                raise StorageError(f"{part.name} of {self._label} contains more than the "
                                    f"{part.size} bytes listed")
             if attempt == self._attempts:
                 raise StorageError(f"{part.name} of {self._label} ended after "

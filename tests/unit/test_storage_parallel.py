@@ -175,7 +175,7 @@ def test_part_longer_than_listed_is_an_error(pool):
         return [DATA[:part.size + 1]]
 
     with PartReader(_parts([50]), fetch, "blob", pool) as reader:
-        with pytest.raises(StorageError, match="holds more than the 50 bytes listed"):
+        with pytest.raises(StorageError, match="contains more than the 50 bytes listed"):
             reader.read()
 
 
