@@ -155,7 +155,10 @@ def _check_config(args):
     options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
     config = configuration.load(options[args.process], args.config)
     if args.process == "agent":
+        from registry_p2p.agent.main import build_connect_handler
+
         Upstreams(config["registries"], config["default_registry"])
+        build_connect_handler(config)
     else:
         storage.check_driver_config(config)
     print(f"{args.config}: valid {args.process} configuration")

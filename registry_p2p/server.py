@@ -24,6 +24,9 @@ BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=u
 # How long a new connection may take to send its first byte before the
 # TLS check is skipped and gunicorn reads the request as usual.
 FIRST_BYTE_WAIT = 1.0
+# Seconds a connection may go without sending or accepting a byte while a
+# thread serves it; a request that takes longer to arrive is dropped.
+SOCKET_TIMEOUT = 60.0
 # The key under which an app's ``extensions`` contains its CONNECT handler
 # (registry_p2p.agent.connect.ConnectHandler).
 CONNECT_EXTENSION = "registry_p2p.connect"
@@ -74,6 +77,9 @@ class PlainHTTPWorker(ThreadWorker):
     """
 
     def handle(self, conn):
+        # gunicorn reads a request without a time limit, so a client that
+        # sends half a request would hold this thread for good.
+        conn.sock.settimeout(SOCKET_TIMEOUT)
         if not getattr(conn, "tls_checked", False):
             conn.tls_checked = True
             # A new context, because the thread's context still carries the

@@ -32,6 +32,8 @@ CA_KEY_FILE = "ca.key"
 DEFAULT_CA_DIR = Path("/etc/registry-p2p/ca")
 
 CA_VALIDITY = datetime.timedelta(days=5 * 365)
+# A CA with less time left than this is refused at start.
+CA_MIN_REMAINING = datetime.timedelta(days=1)
 LEAF_VALIDITY = datetime.timedelta(days=30)
 # A cached leaf is replaced once it has less than this left.
 LEAF_RENEW_BEFORE = datetime.timedelta(days=1)
@@ -227,6 +229,14 @@ def load_ca(directory):
     if certificate.public_key().public_numbers() != key.public_key().public_numbers():
         raise ConfigError(f"{cert_path} does not belong to the key {key_path}; recreate both "
                           f"with: registry-p2p agent ca --force --dir {directory}")
+
+    # Leaf certificates end with the CA, so a CA this close to its end
+    # could not issue them.
+    expires = not_valid_after(certificate)
+    if expires < datetime.datetime.now(datetime.timezone.utc) + CA_MIN_REMAINING:
+        raise ConfigError(f"the agent's CA in {directory} expires {expires:%Y-%m-%d %H:%M} UTC; "
+                          f"recreate it with: registry-p2p agent ca --force --dir {directory}, "
+                          f"then install the new ca.crt where the old one was")
 
     return LocalCA(certificate, key)
 

@@ -248,3 +248,14 @@ def test_leaf_contexts_are_cached(open_ca):
 def test_installed_ca_paths():
     assert [str(path) for path in certificates.installed_ca_paths(["r.example.org:5000"])] == [
         "/etc/docker/certs.d/r.example.org:5000/ca.crt"]
+
+
+@pytest.mark.parametrize("age", [datetime.timedelta(days=6 * 365),
+                                 certificates.CA_VALIDITY - datetime.timedelta(hours=2)],
+                         ids=["expired", "expires within a day"])
+def test_ca_near_its_end_is_refused(tmp_path, age):
+    now = datetime.datetime.now(datetime.timezone.utc) - age
+    certificates.write_ca(certificates.build_ca("test CA", now=now), tmp_path)
+
+    with pytest.raises(ConfigError, match="agent ca --force"):
+        certificates.load_ca(tmp_path)
