@@ -51,7 +51,11 @@ def _agent_ca(args):
 
     hosts = [registry_target(name).host for name in names]
     ca = certificates.build_ca(certificates.default_common_name(), hosts)
-    key_path, cert_path = certificates.write_ca(ca, directory, force=args.force)
+    try:
+        key_path, cert_path = certificates.write_ca(ca, directory, force=args.force)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the CA in {directory}: {exc.strerror}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from None
 
     print(f"wrote the CA's private key to {key_path} (mode 0600) and its certificate to "
           f"{cert_path}")

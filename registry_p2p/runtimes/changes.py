@@ -71,7 +71,11 @@ def write(change):
     except FileNotFoundError:
         mode = NEW_FILE_MODE
 
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise ConfigureError(f"cannot write in {path.parent}: {exc.strerror}") from None
+
     try:
         with os.fdopen(descriptor, "w") as file:
             file.write(change.new)
