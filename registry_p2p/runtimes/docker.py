@@ -22,6 +22,12 @@ PROXY_DROP_IN_NAME = "registry-p2p-proxy.conf"
 CERTS_DIRECTORY = "/etc/docker/certs.d"
 DOCKER_HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 LOOPBACK_NO_PROXY = ["localhost", "127.0.0.0/8", "::1"]
+# Docker Hub's token service and the CDN its blob redirects lead to. dockerd
+# reaches them itself, so they must not go through the agent, which
+# rejects CONNECTs to hosts outside its config.
+# NOTE: taken from Docker Hub's public behaviour; not tested here, because
+# the test machines reach no external network.
+DOCKER_HUB_NO_PROXY = ["auth.docker.io", "production.cloudflare.docker.com"]
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
                    "no_proxy")
 # Matches one VARIABLE=value assignment of an Environment= line, quoted or not.
@@ -96,10 +102,10 @@ def render_proxy_drop_in(agent_url, no_proxy, source, https=True):
     return "\n".join(lines) + "\n"
 
 
-def _no_proxy(existing_text):
-    """Return the loopback NO_PROXY entries followed by those an operator added to our drop-in."""
+def _no_proxy(existing_text, defaults=LOOPBACK_NO_PROXY):
+    """Return the default NO_PROXY entries followed by those an operator added to our drop-in."""
     added = parse_environment(existing_text).get("NO_PROXY", "")
-    entries = list(LOOPBACK_NO_PROXY)
+    entries = list(defaults)
     for entry in added.split(","):
         entry = entry.strip()
         if entry and entry not in entries:
@@ -186,10 +192,11 @@ def plan(upstreams, agent_address, root, source, ca_certificate, other_hosts="re
         changes.append(FileChange(daemon_json, old, merge_daemon_json(old, agent_url,
                                                                        daemon_json)))
 
+    no_proxy_defaults = LOOPBACK_NO_PROXY + (DOCKER_HUB_NO_PROXY if hub is not None else [])
     directory = rooted(root, SERVICE_DROP_IN_DIRECTORY)
     drop_in = directory / PROXY_DROP_IN_NAME
     old = read_text(drop_in)
-    changes.append(FileChange(drop_in, old, render_proxy_drop_in(agent_url, _no_proxy(old),
+    changes.append(FileChange(drop_in, old, render_proxy_drop_in(agent_url, _no_proxy(old, no_proxy_defaults),
                                                                  source, https)))
     for path, names in _other_proxy_drop_ins(directory, PROXY_DROP_IN_NAME):
         last = path if path.name > PROXY_DROP_IN_NAME else drop_in

@@ -82,7 +82,7 @@ def test_plan_with_hub_as_default(tmp_path, ca_certificate):
     assert json.loads(changes[0].new) == {"registry-mirrors": [AGENT_URL]}
     assert parse_environment(changes[1].new) == {
         "HTTP_PROXY": AGENT_URL, "HTTPS_PROXY": AGENT_URL,
-        "NO_PROXY": "localhost,127.0.0.0/8,::1"}
+        "NO_PROXY": "localhost,127.0.0.0/8,::1,auth.docker.io,production.cloudflare.docker.com"}
     assert warnings == []
 
 
