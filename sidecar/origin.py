@@ -3,9 +3,9 @@
 import logging
 
 from registry_p2p import digest as digests
+from registry_p2p.blobcache import LockTimeout
 from registry_p2p.errors import (BlobNotFound, DigestMismatch, RegistryHTTPError, StorageError,
                                  blob_unknown, unavailable)
-from registry_p2p.blobcache import LockTimeout
 from registry_p2p.registry_api import head_blob
 from sidecar.seeder import blob_metainfo
 
@@ -57,22 +57,6 @@ class Origin:
         self.seeder.call("count", name="metainfo_served", value=1)
 
         return blob_metainfo(self.cache, hex_digest, self.trackers)
-
-    def _copy_from_storage(self, repository, hex_digest, size):
-        try:
-            stored_size = self.driver.stat(hex_digest, repository)
-            if stored_size != size:
-                raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
-                                     f"{hex_digest}, the registry reports {size}")
-            with self.driver.open(hex_digest, repository) as stream:
-                self.cache.fill(hex_digest, size, stream)
-        except BlobNotFound:
-            log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)
-            raise blob_unknown(f"sha256:{hex_digest}") from None
-        except (DigestMismatch, StorageError) as exc:
-            log.error("cannot cache blob sha256:%s from %s storage: %s",
-                      hex_digest, self.driver.name, exc)
-            raise unavailable(f"cannot read blob from storage: {exc}") from None
 
     def _authorize(self, repository, digest, authorization):
         """HEAD the blob with the caller's credentials; return its size."""
@@ -159,3 +143,20 @@ class Origin:
                  hex_digest, size, self.driver.name)
 
         return True
+
+    def _copy_from_storage(self, repository, hex_digest, size):
+        """Read a blob from storage into the cache, turning storage failures into registry errors."""
+        try:
+            stored_size = self.driver.stat(hex_digest, repository)
+            if stored_size != size:
+                raise DigestMismatch(f"storage has {stored_size} bytes for sha256:"
+                                     f"{hex_digest}, the registry reports {size}")
+            with self.driver.open(hex_digest, repository) as stream:
+                self.cache.fill(hex_digest, size, stream)
+        except BlobNotFound:
+            log.warning("blob sha256:%s not found in %s storage", hex_digest, self.driver.name)
+            raise blob_unknown(f"sha256:{hex_digest}") from None
+        except (DigestMismatch, StorageError) as exc:
+            log.error("cannot cache blob sha256:%s from %s storage: %s",
+                      hex_digest, self.driver.name, exc)
+            raise unavailable(f"cannot read blob from storage: {exc}") from None
