@@ -22,7 +22,7 @@ def head_blob(http, registry_url, repository, digest, authorization, timeout):
     failure raises RegistryHTTPError 503 UNAVAILABLE.
 
     A registry whose storage serves blobs itself (distribution's s3 and
-    swift drivers, unless ``redirect.disable``) answers with a redirect to
+    swift drivers, unless ``redirect.disable``) responds with a redirect to
     a URL signed for HEAD, which is followed for the size. requests drops
     the Authorization header when the redirect leaves the registry's host.
     """

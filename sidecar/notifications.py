@@ -13,7 +13,7 @@ once. A worker thread then acts on them:
   deleted, and the layers of a deleted manifest that storage no longer has.
 
 Events can be lost or repeated. Neither changes what a client may pull,
-because every torrent request is still authorized by the registry; a lost
+because every torrent request is still authorized by the registry. A lost
 push event only makes the first pull slower, and a repeated one finds the
 blob cached already.
 """

@@ -89,9 +89,9 @@ def single_range(header, size):
 
     True without a Range header, or for one byte range that overlaps the
     blob. werkzeug, which serves the cached file, has no
-    multipart/byteranges responses, ignores a malformed header and answers
+    multipart/byteranges responses, ignores a malformed header and responds
     416 to a suffix longer than the blob, where the registry (Go's
-    net/http) answers 206 with the whole blob; such requests go to the
+    net/http) responds 206 with the whole blob. Such requests go to the
     registry instead.
     """
     if header is None:
@@ -202,7 +202,7 @@ class BlobService:
                             on_body_bytes=count, expected_digest=verify)
 
     def _send(self, hex_digest, digest):
-        """Answer the GET from the cached blob, with the headers the registry sends.
+        """Serve the GET from the cached blob, with the headers the registry sends.
 
         Range, If-None-Match and If-Range are evaluated against the blob's
         ETag, the quoted digest, as the registry does. There is no

@@ -101,7 +101,7 @@ class Upstreams:
         Returns ``(registry, prefixed)``. ``prefixed`` is true when the
         first segment of ``path`` (decoded, after ``/v2/``) names the
         registry, as for a registries.conf mirror location
-        ``<agent>/<registry>``; the caller removes that segment before
+        ``<agent>/<registry>``. The caller removes that segment before
         sending the request upstream. The path is read that way only when
         neither ``ns`` nor ``proxy_host`` names a registry, only when a
         repository and an endpoint follow the segment, and only for the

@@ -11,10 +11,10 @@ control apply:
 - ``stat``: the Content-Length of that HEAD, after redirects;
 - ``open``: a streamed GET, after redirects.
 
-Redirects to another host (a registry that redirects to S3 or a CDN) are
-followed without the Authorization header: requests drops it when the host
-changes, and when the port or scheme changes, except for an http-to-https
-upgrade on the default ports of the same host.
+Redirects to another host, as from a registry that redirects to S3 or a
+CDN, are followed without the Authorization header. requests drops it when
+the host, port or scheme changes, except for an http-to-https upgrade on
+the default ports of the same host.
 """
 
 import json

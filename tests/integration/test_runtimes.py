@@ -76,7 +76,7 @@ def _image(tmp_path_factory, name, seed):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return {name: _image(tmp_path_factory, name, seed)
-            for name, seed in {"p2p": 1100, "refused": 1200, "dead": 1300,
+            for name, seed in {"p2p": 1100, "rejected": 1200, "dead": 1300,
                                "skopeo": 1400}.items()}
 
 
@@ -118,19 +118,19 @@ def test_ctr_pull_through_configured_hosts(make_stack, images, tmp_path):
 
         # An agent that rejects the registry (403 DENIED, here because its
         # config lists another one) sends containerd on to the registry.
-        refusing = AgentService(tmp_path / "refusing", [
+        rejecting = AgentService(tmp_path / "rejecting", [
             {"name": "elsewhere.invalid:5000", "url": "http://127.0.0.1:9", "sidecars": []}])
-        refusing_hosts = tmp_path / "refusing-hosts"
-        write_hosts_toml(refusing_hosts, registry.hostport, refusing.url)
-        with refusing:
-            refused = ctr_pull(dockerd.containerd_address,
-                               f"{registry.hostport}/{REPOSITORY}:refused", refusing_hosts)
-            refusing_blobs = refusing.stats()["blobs"]
+        rejecting_hosts = tmp_path / "rejecting-hosts"
+        write_hosts_toml(rejecting_hosts, registry.hostport, rejecting.url)
+        with rejecting:
+            rejected = ctr_pull(dockerd.containerd_address,
+                               f"{registry.hostport}/{REPOSITORY}:rejected", rejecting_hosts)
+            rejecting_blobs = rejecting.stats()["blobs"]
 
-        assert refused.returncode == 0, refused.stderr
-        assert refusing_blobs == {}
-        assert _direct_blob_gets(registry, images["refused"]) == {
-            layer.digest for layer in images["refused"].layers}
+        assert rejected.returncode == 0, rejected.stderr
+        assert rejecting_blobs == {}
+        assert _direct_blob_gets(registry, images["rejected"]) == {
+            layer.digest for layer in images["rejected"].layers}
 
         agent.stop()
         with socket.socket() as probe:
@@ -140,7 +140,7 @@ def test_ctr_pull_through_configured_hosts(make_stack, images, tmp_path):
         names = ctr_image_names(dockerd.containerd_address)
 
     assert dead.returncode == 0, dead.stderr
-    for tag in ("p2p", "refused", "dead"):
+    for tag in ("p2p", "rejected", "dead"):
         assert f"{registry.hostport}/{REPOSITORY}:{tag}" in names
     assert _direct_blob_gets(registry, images["dead"]) == {
         layer.digest for layer in images["dead"].layers}
@@ -226,9 +226,9 @@ def test_configure_keeps_operator_settings(tmp_path):
     assert '+    "http://127.0.0.1:5080",' in docker_diff.stdout
     new_lines = [line for line in docker_diff.stdout.splitlines()
                  if line[:1] in "+ " and not line.startswith("+++")]
-    for kept in ('"log-driver": "journald"', '"insecure-registries"',
+    for operator_key in ('"log-driver": "journald"', '"insecure-registries"',
                  '"registry.example.org:5000"', '"https://mirror.example.org"'):
-        assert any(kept in line for line in new_lines), kept
+        assert any(operator_key in line for line in new_lines), operator_key
     assert "registry-p2p-proxy.conf" in docker_diff.stdout
     assert f"+++ {hosts_toml}" in containerd_diff.stdout
     assert '+[host."http://127.0.0.1:5080"]' in containerd_diff.stdout

@@ -172,7 +172,7 @@ class DeleteAfterFirstRead:
         return content
 
 
-def test_object_deleted_mid_read_fails_and_leaves_no_file(stack, tmp_path):
+def test_object_deleted_mid_read(stack, tmp_path):
     hex_digest = stack.push_layer("fail/deleted", 24 * SEGMENT_SIZE + 100, seed=103)
     segments = stack.segments(hex_digest)
     cache = BlobCache(tmp_path / "cache")

@@ -1,4 +1,4 @@
-"""Which Range requests the agent answers from a cached blob and which go to the registry."""
+"""Which Range requests the agent serves from a cached blob and which go to the registry."""
 
 import pytest
 
