@@ -105,6 +105,75 @@ def _bench_swift(args):
         return 2
 
 
+def _bench_fanout(args):
+    from registry_p2p.bench import fanout
+    from registry_p2p.bench.sizes import format_size
+    from registry_p2p.sandbox import SandboxError
+
+    logs.setup("warning", "registry-p2p-bench")
+    markdown = args.markdown or str(Path(args.output).with_suffix(".md"))
+    command = (f"registry-p2p bench fanout --size {format_size(args.size).replace(' ', '')} "
+               f"--rate {args.rate / 1e6:g}Mbit --agents {','.join(map(str, args.agents))} "
+               f"--modes {','.join(args.modes)} --repeat {args.repeat}")
+    command += "".join(f" --torrent-setting {key}={value}"
+                       for key, value in args.torrent_setting.items())
+    try:
+        fanout.run(args.size, args.rate, args.agents, args.modes, args.repeat, args.output,
+                   markdown, command, workdir=args.workdir, keep=args.keep,
+                   torrent_settings=args.torrent_setting)
+    except SandboxError as exc:
+        print(f"registry-p2p: error: the simulated cluster failed: {exc}", file=sys.stderr)
+        return 2
+
+
+def _rate_argument(text):
+    from registry_p2p.bench.sizes import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count_list(text):
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected agent counts such as 1,4,32, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"agent counts must be at least 1, got {text!r}")
+    return counts
+
+
+def _mode_list(text):
+    from registry_p2p.bench.fanout import MODES
+
+    modes = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode {unknown[0] if unknown else text!r}; "
+                                         f"known modes: {','.join(MODES)}")
+    return modes
+
+
+class _SettingAction(argparse.Action):
+    """Collects repeated NAME=VALUE options into a dict; VALUE is an integer, true/false or text."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        name, equals, text = value.partition("=")
+        if not equals or not name:
+            raise argparse.ArgumentError(self, f"expected NAME=VALUE, got {value!r}")
+        settings = dict(getattr(namespace, self.dest) or {})
+        if text in ("true", "false"):
+            settings[name] = text == "true"
+        else:
+            try:
+                settings[name] = int(text)
+            except ValueError:
+                settings[name] = text
+        setattr(namespace, self.dest, settings)
+
+
 def _bench_report(args):
     from registry_p2p.bench import report
 
@@ -139,6 +208,34 @@ def _add_bench_parser(commands):
                                          "temporary directory, removed at the end)")
     swift.add_argument("--keep", action="store_true", help="keep the work directory")
     swift.set_defaults(func=_bench_swift)
+
+    fanout = scenarios.add_parser(
+        "fanout", help="build a simulated cluster of network namespaces with shaped links "
+                       "(a registry host and N agent hosts) and time N agents pulling one blob, "
+                       "with and without P2P (needs root, iproute2 and docker-registry)")
+    fanout.add_argument("--size", type=_size_argument, default="128MiB",
+                        help="blob size S (default 128MiB)")
+    fanout.add_argument("--rate", type=_rate_argument, default="50Mbit",
+                        help="rate B of every link, each way, such as 50Mbit or 1Gbit "
+                             "(default 50Mbit)")
+    fanout.add_argument("--agents", type=_count_list, default="1,2,4,8,16,32",
+                        help="agent counts N to run, comma-separated (default 1,2,4,8,16,32)")
+    fanout.add_argument("--modes", type=_mode_list, default="direct,cold,preheated,late",
+                        help="modes to run for each N (default direct,cold,preheated,late)")
+    fanout.add_argument("--repeat", type=int, default=1,
+                        help="runs of each mode and N (default 1)")
+    fanout.add_argument("--torrent-setting", action=_SettingAction, default={}, metavar="NAME=VALUE",
+                        help="libtorrent setting for the sidecar and the agents, as "
+                             "[torrent.settings] in their configs; repeatable")
+    fanout.add_argument("--output", default="docs/benchmarks.json",
+                        help="JSON file of benchmark records to update (default docs/benchmarks.json)")
+    fanout.add_argument("--markdown",
+                        help="Markdown file whose generated blocks are rewritten "
+                             "(default: --output with the suffix .md)")
+    fanout.add_argument("--workdir", help="directory for the registry, caches and logs "
+                                          "(default: a new temporary directory, removed at the end)")
+    fanout.add_argument("--keep", action="store_true", help="keep the work directory")
+    fanout.set_defaults(func=_bench_fanout)
 
     report = scenarios.add_parser(
         "report", help="rewrite the generated blocks of the Markdown file from the JSON records")

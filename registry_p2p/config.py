@@ -130,6 +130,22 @@ def swift_auth_version(value):
     return value
 
 
+def libtorrent_settings(value):
+    """Parse a [torrent.settings] table: libtorrent settings_pack names mapped to values.
+
+    Names are checked by libtorrent when the session starts; here only the
+    value types, which libtorrent's settings have: integer, boolean, string.
+    """
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of libtorrent setting names and values")
+
+    for name, setting in value.items():
+        if not isinstance(setting, (bool, int, str)):
+            raise ValueError(f"setting {name!r}: expected an integer, true or false, or a string")
+
+    return dict(value)
+
+
 def choice(*allowed):
     def parse(value):
         if value not in allowed:
@@ -188,6 +204,13 @@ def registries(value):
 
 
 LOG_LEVELS = choice("debug", "info", "warning", "error")
+
+TORRENT_SETTINGS_OPTION = Option(
+    "torrent.settings", libtorrent_settings, {},
+    "libtorrent settings_pack values that replace registry-p2p's own, such as "
+    "{ connections_limit = 400 }; see libtorrent's reference for the names. "
+    "registry-p2p's values are in docs/benchmarks.md with their measured "
+    "effect. An unknown name or a wrong type stops the service at start.")
 
 SIDECAR_OPTIONS = (
     Option("listen", host_port, "0.0.0.0:5050",
@@ -292,6 +315,10 @@ SIDECAR_OPTIONS = (
            "service user only.", secret=True),
     Option("torrent.listen", host_port, "0.0.0.0:6881",
            "Address and port on which the seeder accepts BitTorrent peers."),
+    TORRENT_SETTINGS_OPTION,
+    Option("torrent.super_seeding", boolean, False,
+           "Seed in super-seeding mode (BEP 16): each peer is offered pieces that "
+           "no other peer has, so that each piece tends to leave this host once."),
     Option("torrent.upload_rate_limit", non_negative_int, 0,
            "Bytes per second that the seeder uploads in all, to keep bandwidth "
            "for the registry itself; 0 is unlimited. Applies to peers on local "
@@ -325,6 +352,7 @@ AGENT_OPTIONS = (
            "Directory of downloaded blobs, which the agent keeps seeding."),
     Option("torrent.listen", host_port, "0.0.0.0:6882",
            "Address and port on which the agent accepts BitTorrent peers."),
+    TORRENT_SETTINGS_OPTION,
     Option("default_registry", string, "",
            "Name of the registry used when a request names none (no ?ns= and "
            "not a proxy request). Empty: the first of [[registries]]."),

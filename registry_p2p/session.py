@@ -102,9 +102,14 @@ def _limit_every_peer(session):
 class TorrentSession:
     """A libtorrent session driven by one owner thread."""
 
-    def __init__(self, listen_host, listen_port, role, upload_rate_limit=0):
-        """``role`` is "S" (sidecar seeder) or "A" (agent); ``upload_rate_limit`` is in bytes/s."""
+    def __init__(self, listen_host, listen_port, role, upload_rate_limit=0, overrides=None):
+        """``role`` is "S" (sidecar seeder) or "A" (agent); ``upload_rate_limit`` is in bytes/s.
+
+        ``overrides`` maps libtorrent setting names to values that replace
+        the ones of _settings() (the config's [torrent.settings]).
+        """
         self.listen_host = listen_host
+        self.overrides = dict(overrides or {})
         self.requested_port = listen_port
         self.fingerprint = peer_fingerprint(role)
         self.upload_rate_limit = upload_rate_limit
@@ -168,7 +173,7 @@ class TorrentSession:
 
     def _run(self):
         try:
-            session = lt.session(self._settings())
+            session = lt.session({**self._settings(), **self.overrides})
             if self.upload_rate_limit:
                 _limit_every_peer(session)
             self._metric_index = {metric.name: metric.value_index
@@ -284,16 +289,20 @@ class TorrentSession:
 
     # Work submitted by other threads
 
-    def add_seed(self, metainfo, save_path):
+    def add_seed(self, metainfo, save_path, super_seeding=False):
         """Seed a verified blob; return a Future of its hex infohash.
 
         ``metainfo`` is the .torrent bytes; the file ``save_path/<name>``
         must already hold the verified blob. libtorrent still checks each
-        piece's hash the first time it sends that piece (seed mode).
+        piece's hash the first time it sends that piece (seed mode). With
+        ``super_seeding``, the seed offers each peer pieces that no other
+        peer has yet (BEP 16), so each piece tends to leave it once.
         """
         def add(session):
             params = self._params(metainfo, save_path)
             params.flags |= lt.torrent_flags.seed_mode
+            if super_seeding:
+                params.flags |= lt.torrent_flags.super_seeding
             handle = session.add_torrent(params)
             return str(handle.info_hash())
 

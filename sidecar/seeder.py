@@ -48,7 +48,8 @@ class Seeder:
         self.cache = BlobCache(config["cache_dir"])
         host, port = config["torrent.listen"]
         self.session = TorrentSession(host, port, role="S",
-                                      upload_rate_limit=config["torrent.upload_rate_limit"])
+                                      upload_rate_limit=config["torrent.upload_rate_limit"],
+                                      overrides=config["torrent.settings"])
         self.peers = PeerTable(ttl=config["tracker.peer_ttl"],
                                origin_fanout=config["tracker.origin_fanout"])
         self.trackers = tracker_urls(config)
@@ -136,7 +137,9 @@ class Seeder:
             self.seeded_info_hashes.add(expected)
             raw = torrent.build_metainfo(hex_digest, info[b"length"], info[b"pieces"],
                                          self.trackers)
-            info_hash = self.session.add_seed(raw, self.cache.save_path(hex_digest)).result(30)
+            info_hash = self.session.add_seed(
+                raw, self.cache.save_path(hex_digest),
+                super_seeding=self.config["torrent.super_seeding"]).result(30)
             self.seeded[hex_digest] = info_hash
             log.info("seeding blob sha256:%s as torrent %s", hex_digest, info_hash)
 

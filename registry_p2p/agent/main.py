@@ -58,7 +58,7 @@ def build_app(config):
     cache.remove_leftovers()
 
     host, port = config["torrent.listen"]
-    session = TorrentSession(host, port, role="A")
+    session = TorrentSession(host, port, role="A", overrides=config["torrent.settings"])
     session.start()
     _worker_session.append(session)
 

@@ -6,7 +6,8 @@ in a JSON file (``docs/benchmarks.json`` by default). ``registry-p2p bench
 report`` renders those records into the generated blocks of
 ``docs/benchmarks.md``. SCENARIOS names the module of each scenario by import
 path. A scenario module has ``render(record)``, which returns the Markdown
-of the scenario's generated block.
+of the scenario's generated block, and may have ``plot(record, directory)``,
+which writes its PNG plots under ``directory``/benchmarks/.
 """
 
 import contextlib
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SCENARIOS = {
     "swift": "registry_p2p.bench.swift",
+    "fanout": "registry_p2p.bench.fanout",
 }
 
 

@@ -91,7 +91,11 @@ def render_file(records_path, markdown_path):
         text = "# Benchmarks\n"
 
     for name, record in document["scenarios"].items():
-        text = update_markdown(text, name, scenario_module(name).render(record))
+        module = scenario_module(name)
+        text = update_markdown(text, name, module.render(record))
+        # A scenario with plots writes them next to the Markdown file.
+        if hasattr(module, "plot"):
+            module.plot(record, markdown_path.parent)
 
     markdown_path.write_text(text)
     log.info("wrote %d benchmark blocks to %s", len(document["scenarios"]), markdown_path)

@@ -1,4 +1,4 @@
-"""Byte sizes written as "1GiB", "20MiB" or "500MB" on the command line."""
+"""Byte sizes ("1GiB", "20MiB", "500MB") and link rates ("50Mbit") written on the command line."""
 
 import decimal
 import re
@@ -54,3 +54,29 @@ def format_size(size):
             return f"{size // multiplier} {name}"
 
     return f"{size} B"
+
+
+RATE_UNITS = {"bit": 1, "kbit": 1000, "mbit": 1000 ** 2, "gbit": 1000 ** 3}
+
+
+def parse_rate(text):
+    """Return the bits per second in ``text``, such as "50Mbit", "1Gbit" or "50Mbit/s".
+
+    Units are bit, kbit, Mbit and Gbit (powers of 1000), in any letter case,
+    with or without "/s". Raises ValueError for other units and for rates
+    below 1 bit/s.
+    """
+    match = _SIZE.fullmatch(text.removesuffix("/s"))
+    if match is None:
+        raise ValueError(f"invalid rate {text!r}: expected a number and a unit, such as 50Mbit")
+
+    number, unit = match.groups()
+    multiplier = RATE_UNITS.get(unit.lower())
+    if multiplier is None:
+        raise ValueError(f"invalid rate {text!r}: unknown unit {unit!r}. Use bit, kbit, Mbit or Gbit")
+
+    rate = decimal.Decimal(number) * multiplier
+    if rate < 1:
+        raise ValueError(f"invalid rate {text!r}: must be at least 1 bit/s")
+
+    return int(rate)

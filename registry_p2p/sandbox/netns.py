@@ -23,6 +23,35 @@ _ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreac
                 "prohibit", "blackhole", "throw", "nat"}
 
 
+def free_subnet(ip: str, block: ipaddress.IPv4Network, prefix_length: int) -> ipaddress.IPv4Network:
+    """Return a random subnet of `block` with `prefix_length` that overlaps no IPv4 route of the root namespace.
+
+    `ip` is the path of the ip binary.
+    """
+    result = subprocess.run([ip, "-4", "-o", "route", "show", "table", "all"],
+                            capture_output=True, text=True, check=True)
+    routes = []
+    for line in result.stdout.splitlines():
+        tokens = line.split()
+        if tokens and tokens[0] in _ROUTE_TYPES:
+            tokens = tokens[1:]
+        if not tokens or tokens[0] == "default":
+            continue
+        routes.append(ipaddress.IPv4Network(tokens[0], strict=False))
+
+    subnet_size = 2 ** (32 - prefix_length)
+    subnets_in_block = block.num_addresses // subnet_size
+    for _ in range(_ATTEMPTS):
+        candidate = ipaddress.IPv4Network(
+            (int(block.network_address) + subnet_size * secrets.randbelow(subnets_in_block), prefix_length)
+        )
+        if not any(candidate.overlaps(route) for route in routes):
+            return candidate
+
+    raise SandboxError(f"found no free /{prefix_length} in {block} after {_ATTEMPTS} attempts. "
+                       f"Delete stale rp2p* veth interfaces (see ip -4 route show).")
+
+
 class NetworkNamespace:
     """A network namespace `rp2p-<random>` with loopback and one veth link to the root namespace.
 
@@ -142,28 +171,7 @@ class NetworkNamespace:
         return self._subnet
 
     def _pick_subnet(self) -> ipaddress.IPv4Network:
-        """Return a random /30 of ADDRESS_BLOCK that overlaps no IPv4 route of the root namespace."""
-        result = subprocess.run([self._ip, "-4", "-o", "route", "show", "table", "all"],
-                                capture_output=True, text=True, check=True)
-        routes = []
-        for line in result.stdout.splitlines():
-            tokens = line.split()
-            if tokens and tokens[0] in _ROUTE_TYPES:
-                tokens = tokens[1:]
-            if not tokens or tokens[0] == "default":
-                continue
-            routes.append(ipaddress.IPv4Network(tokens[0], strict=False))
-
-        subnets_in_block = ADDRESS_BLOCK.num_addresses // 4
-        for _ in range(_ATTEMPTS):
-            candidate = ipaddress.IPv4Network(
-                (int(ADDRESS_BLOCK.network_address) + 4 * secrets.randbelow(subnets_in_block), 30)
-            )
-            if not any(candidate.overlaps(route) for route in routes):
-                return candidate
-
-        raise SandboxError(f"found no free /30 in {ADDRESS_BLOCK} after {_ATTEMPTS} attempts. "
-                           f"Delete stale rp2p* veth interfaces (see ip -4 route show).")
+        return free_subnet(self._ip, ADDRESS_BLOCK, 30)
 
     def _run_ip(self, *args: str, check: bool = True) -> None:
         result = subprocess.run([self._ip, *args], capture_output=True, text=True, check=False)

@@ -35,7 +35,16 @@ def write_toml(path, top, sections=None, tables=None):
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def _environment():
+def merge_tables(tables, extra):
+    """Return config ``tables`` with the keys of ``extra``'s tables added, table by table."""
+    merged = {name: dict(values) for name, values in tables.items()}
+    for name, values in (extra or {}).items():
+        merged.setdefault(name, {}).update(values)
+    return merged
+
+
+def python_environment():
+    """Return the environment for a Python process of this package: no proxy variables, this source on PYTHONPATH."""
     env = clean_environment()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
     return env
@@ -65,7 +74,7 @@ class _Service:
         self.process = ManagedProcess(
             self.name, [self.python, "-m", "registry_p2p", self.name, "-c",
                         str(self.config_path)],
-            self.workdir / f"{self.name}.log", env=_environment(), netns=self.netns)
+            self.workdir / f"{self.name}.log", env=python_environment(), netns=self.netns)
         self.process.start()
         self.process.wait_http(f"{self.url}/healthz", timeout=60, expect_status=200)
         return self
@@ -92,17 +101,17 @@ class SidecarService(_Service):
                  workers=2, storage=None, sections=None, **options):
         """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``.
 
-        ``sections`` adds config tables, such as {"notifications": {"secret": ...}}.
+        ``sections`` adds config tables, such as {"notifications": {"secret": ...}},
+        or keys to the service's own tables, such as {"tracker": {"origin_fanout": 4}}.
         """
         super().__init__(workdir, host, netns)
         storage = storage or {"filesystem": {"rootdirectory": str(storage_root)}}
         (driver, driver_options), = storage.items()
-        sections = {
+        tables = {
             "storage": {"driver": driver},
             f"storage.{driver}": driver_options,
             "torrent": {"listen": f"{host}:{self.torrent_port}"},
             "tracker": {"interval": options.pop("tracker_interval", 10)},
-            **(sections or {}),
         }
         top = {
             "listen": f"{host}:{self.port}",
@@ -114,17 +123,18 @@ class SidecarService(_Service):
             "log_level": "info",
             **options,
         }
-        write_toml(self.config_path, top, sections)
+        write_toml(self.config_path, top, merge_tables(tables, sections))
 
 
 class AgentService(_Service):
     name = "agent"
 
     def __init__(self, workdir, registries, host="127.0.0.1", netns=None, python=None,
-                 proxy=None, **options):
+                 proxy=None, sections=None, **options):
         """``registries`` is a list of dicts with name, url, sidecars and ca_bundle.
 
         ``proxy`` is the config's [proxy] table, such as {"ca_dir": ...}.
+        ``sections`` adds config tables, such as {"torrent.settings": {...}}.
         """
         super().__init__(workdir, host, netns, python)
         p2p = {"stall_timeout": options.pop("stall_timeout", 20),
@@ -136,7 +146,7 @@ class AgentService(_Service):
             "log_level": "info",
             **options,
         }
-        sections = {"torrent": {"listen": f"{host}:{self.torrent_port}"}, "p2p": p2p}
+        tables = {"torrent": {"listen": f"{host}:{self.torrent_port}"}, "p2p": p2p}
         if proxy:
-            sections["proxy"] = proxy
-        write_toml(self.config_path, top, sections, {"registries": registries})
+            tables["proxy"] = proxy
+        write_toml(self.config_path, top, merge_tables(tables, sections), {"registries": registries})

@@ -1,0 +1,461 @@
+"""``registry-p2p bench fanout``: N nodes pull one blob at once, over shaped links, with and without P2P.
+
+The scenario builds a simulated LAN (registry_p2p/sandbox/cluster.py): one
+registry host running docker-registry and the sidecar, and N agent hosts,
+every link shaped to the same rate in both directions. Each run starts a new
+sidecar and new agents with empty caches, then one client per agent host
+GETs the blob through its agent (registry_p2p/bench/fetcher.py), as a
+container runtime fetches a layer. Modes:
+
+- ``direct``: agents configured without sidecars, so every agent streams
+  the blob from the registry: the baseline without P2P.
+- ``cold``: the sidecar has not seen the blob; the first torrent request
+  fills its cache from storage.
+- ``preheated``: the sidecar was asked for the torrent before the clients
+  start, so it is seeding already.
+- ``late``: as cold, but half of the clients start only when the first half
+  has received half of their bytes.
+
+Every time is also given as a multiple of the lower bound S/B, the time one
+link needs to carry the blob once.
+"""
+
+import concurrent.futures
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from registry_p2p import layout
+from registry_p2p.bench import BenchError, report, results, running
+from registry_p2p.bench.fanout_report import plot, render  # noqa: F401 (the scenario's hooks)
+from registry_p2p.bench.machine import describe_machine, software_versions, source_revision
+from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION, busy_fraction, read_cpu_times
+from registry_p2p.sandbox.cluster import Cluster
+from registry_p2p.sandbox.p2p import AgentService, SidecarService, python_environment
+from registry_p2p.sandbox.process import require_binary
+from registry_p2p.sandbox.registry import Registry
+
+log = logging.getLogger(__name__)
+
+TITLE = "Fan-out: N nodes pull one blob over shaped links"
+MODES = ("direct", "cold", "preheated", "late")
+REPOSITORY = "bench/fanout"
+REGISTRY_NAME = "registry"
+CHUNK = 1024 * 1024
+MIB = 1024 * 1024
+CPU_SAMPLE_SECONDS = 0.5
+# Room for logs and the sidecar's copy next to the caches.
+DISK_MARGIN = 512 * MIB
+
+
+def lower_bound_seconds(size, rate_bits):
+    """Return S/B: the seconds one link at ``rate_bits`` bits/s needs to carry ``size`` bytes."""
+    return size * 8 / rate_bits
+
+
+def percentile(values, fraction):
+    """Return the nearest-rank percentile of ``values`` (fraction from 0 to 1), or None if empty."""
+    if not values:
+        return None
+
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def write_blob(storage_root, repository, size, seed=0):
+    """Write ``size`` random bytes as a blob of ``repository`` in the registry's filesystem layout.
+
+    Returns the blob's digest. The bytes go to a temporary file first and
+    are moved into place once their sha256 is known; then the repository's
+    layer link is written, as the registry does on upload.
+    """
+    storage_root = Path(storage_root)
+    generator = random.Random(seed)
+    sha256 = hashlib.sha256()
+    temporary = storage_root / "blob.tmp"
+    temporary.parent.mkdir(parents=True, exist_ok=True)
+    with open(temporary, "wb") as blob:
+        remaining = size
+        while remaining:
+            chunk = generator.randbytes(min(CHUNK, remaining))
+            sha256.update(chunk)
+            blob.write(chunk)
+            remaining -= len(chunk)
+
+    hex_digest = sha256.hexdigest()
+    data_path = storage_root / layout.blob_data_path(hex_digest)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temporary, data_path)
+    link_path = storage_root / layout.layer_link_path(repository, hex_digest)
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    link_path.write_text(f"sha256:{hex_digest}")
+
+    return f"sha256:{hex_digest}"
+
+
+class CpuSampler:
+    """Samples the machine's CPU busy fraction every CPU_SAMPLE_SECONDS in a thread."""
+
+    def __init__(self):
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._first = None
+        self._last = None
+
+    def __enter__(self):
+        self._first = self._last = read_cpu_times()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self._last = read_cpu_times()
+
+    def _run(self):
+        previous = self._first
+        while not self._stop.wait(CPU_SAMPLE_SECONDS):
+            current = read_cpu_times()
+            self.samples.append(busy_fraction(previous, current))
+            previous = current
+
+    @property
+    def busy(self):
+        return busy_fraction(self._first, self._last)
+
+
+def peak_rss_of_group(pgid):
+    """Return the largest VmHWM (peak RSS, bytes) among the live processes of process group ``pgid``."""
+    peak = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rpartition(")")[2].split()[2]) != pgid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError, IndexError):
+            continue
+
+    return peak
+
+
+def _get_json(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+class FanoutBench:
+    """One cluster and one registry, on which the runs of the scenario happen one after another."""
+
+    def __init__(self, size, rate_bits, workdir, torrent_settings=None):
+        self.size = size
+        self.rate_bits = rate_bits
+        self.workdir = Path(workdir)
+        self.torrent_settings = dict(torrent_settings or {})
+        # Extra config tables of the sidecar and of the agents, such as
+        # {"tracker": {"origin_fanout": 4}}, for tuning runs.
+        self.sidecar_sections = {}
+        self.agent_sections = {}
+        self.cluster = Cluster(rate_bits)
+        self.registry = None
+        self.registry_host = None
+        self.agent_hosts = []
+        self.digest = None
+        self._run_number = 0
+
+    @property
+    def lower_bound(self):
+        return lower_bound_seconds(self.size, self.rate_bits)
+
+    def prepare(self, agent_count):
+        """Create the hosts, write the blob and start the registry (the cluster is already started)."""
+        self.registry_host = self.cluster.add_host("registry")
+        self.agent_hosts = [self.cluster.add_host(f"agent{index}") for index in range(agent_count)]
+        registry_dir = self.workdir / "registry"
+        self.registry = Registry(registry_dir, host=self.registry_host.address,
+                                 netns=self.registry_host.netns)
+        self.digest = write_blob(self.registry.root_directory, REPOSITORY, self.size)
+        log.info("blob %s of %d bytes written", self.digest, self.size)
+
+    def run(self, mode, agent_count):
+        """Run one mode with ``agent_count`` agents; return its record."""
+        if mode not in MODES:
+            raise BenchError(f"unknown fan-out mode {mode!r}; known modes: {', '.join(MODES)}")
+
+        self._run_number += 1
+        run_dir = self.workdir / f"run{self._run_number}-{mode}-{agent_count}"
+        hosts = self.agent_hosts[:agent_count]
+        sidecar = None
+        agents = []
+        try:
+            if mode != "direct":
+                sidecar = SidecarService(run_dir / "sidecar", self.registry.url,
+                                         self.registry.root_directory,
+                                         host=self.registry_host.address,
+                                         netns=self.registry_host.netns,
+                                         sections=self._sections(self.sidecar_sections))
+                sidecar.start()
+            agents = self._start_agents(run_dir, hosts, sidecar)
+            if mode == "preheated":
+                self._preheat(sidecar)
+            record = self._measure(run_dir, mode, hosts, agents, sidecar)
+        finally:
+            for agent in agents:
+                agent.stop()
+            if sidecar is not None:
+                sidecar.stop()
+            shutil.rmtree(run_dir / "sidecar" / "cache", ignore_errors=True)
+            for index in range(len(hosts)):
+                shutil.rmtree(run_dir / f"agent{index}" / "cache", ignore_errors=True)
+
+        return record
+
+    def _sections(self, extra):
+        sections = {"torrent.settings": self.torrent_settings} if self.torrent_settings else {}
+        return {**sections, **extra}
+
+    def _start_agents(self, run_dir, hosts, sidecar):
+        sidecars = [sidecar.url] if sidecar is not None else []
+        agents = [AgentService(run_dir / f"agent{index}",
+                               [{"name": REGISTRY_NAME, "url": self.registry.url,
+                                 "sidecars": sidecars}],
+                               host=host.address, netns=host.netns, stall_timeout=60,
+                               sections=self._sections(self.agent_sections))
+                  for index, host in enumerate(hosts)]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            started = [pool.submit(agent.start) for agent in agents]
+            errors = [future.exception() for future in started]
+        failed = [error for error in errors if error is not None]
+        if failed:
+            for agent in agents:
+                agent.stop()
+            raise BenchError(f"{len(failed)} of {len(agents)} agents did not start: {failed[0]}")
+
+        return agents
+
+    def _preheat(self, sidecar):
+        url = f"{sidecar.url}/p2p/v1/{REPOSITORY}/blobs/{self.digest}/torrent"
+        with urllib.request.urlopen(url, timeout=600) as response:
+            response.read()
+
+        deadline = time.monotonic() + 60
+        while sidecar.stats().get("seeded_blobs", 0) < 1:
+            if time.monotonic() > deadline:
+                raise BenchError("the sidecar did not start seeding the preheated blob in 60 s")
+            time.sleep(0.2)
+
+    def _fetcher(self, run_dir, index, host, agent, start_file):
+        files = run_dir / "clients"
+        files.mkdir(parents=True, exist_ok=True)
+        progress = files / f"agent{index}.progress"
+        result = files / f"agent{index}.json"
+        argv = [require_binary("ip", "iproute2"), "netns", "exec", host.netns,
+                sys.executable, "-m", "registry_p2p.bench.fetcher",
+                "--url", f"{agent.url}/v2/{REPOSITORY}/blobs/{self.digest}",
+                "--stats-url", f"{agent.url}/p2p/v1/stats",
+                "--digest", self.digest, "--start-file", str(start_file),
+                "--progress", str(progress), "--result", str(result)]
+        process = subprocess.Popen(argv, env=python_environment(), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=open(files / f"agent{index}.err", "wb"),
+                                   start_new_session=True)
+        return process, progress, result
+
+    def _measure(self, run_dir, mode, hosts, agents, sidecar):
+        count = len(hosts)
+        first_group = count if mode != "late" or count < 2 else (count + 1) // 2
+        start_files = [run_dir / "start-first", run_dir / "start-second"]
+        clients = [self._fetcher(run_dir, index, host, agent,
+                                 start_files[0 if index < first_group else 1])
+                   for index, (host, agent) in enumerate(zip(hosts, agents))]
+        # Let every client reach its wait for the start file.
+        self._wait_for_progress_files(clients)
+
+        registry_before = self.cluster.counters(self.registry_host)
+        agents_before = [self.cluster.counters(host) for host in hosts]
+        timeout = 180 + 4 * self.lower_bound * (count + 1)
+        second_started = None
+        with CpuSampler() as cpu:
+            started = time.time()
+            start_files[0].touch()
+            deadline = time.monotonic() + timeout
+            while any(process.poll() is None for process, _, _ in clients):
+                if time.monotonic() > deadline:
+                    self._kill_clients(clients)
+                    raise BenchError(f"{mode} run with {count} agents did not finish in {timeout:.0f} s")
+                if second_started is None and first_group < count:
+                    received = sum(self._progress(path) for _, path, _ in clients[:first_group])
+                    if received >= 0.5 * first_group * self.size:
+                        second_started = time.time()
+                        start_files[1].touch()
+                time.sleep(0.05)
+
+        registry_after = self.cluster.counters(self.registry_host)
+        agents_after = [self.cluster.counters(host) for host in hosts]
+        outcomes = [json.loads(result.read_text()) if result.exists() else {"error": "no result"}
+                    for _, _, result in clients]
+
+        record = self._summarize(mode, count, started, second_started, outcomes)
+        record["registry_egress_bytes"] = registry_after[1] - registry_before[1]
+        record["registry_egress_multiple"] = round(record["registry_egress_bytes"] / self.size, 3)
+        record["agent_received_bytes"] = [after[0] - before[0]
+                                          for before, after in zip(agents_before, agents_after)]
+        record["agent_sent_bytes"] = [after[1] - before[1]
+                                      for before, after in zip(agents_before, agents_after)]
+        record["agent_peak_rss_bytes"] = max(peak_rss_of_group(agent.process.pid) for agent in agents)
+        record["sidecar_peak_rss_bytes"] = (peak_rss_of_group(sidecar.process.pid)
+                                            if sidecar is not None else None)
+        record["machine_cpu_busy"] = round(cpu.busy, 3)
+        record["machine_cpu_busy_max_sample"] = round(max(cpu.samples, default=cpu.busy), 3)
+        record["cpu_saturated"] = cpu.busy >= SATURATED_BUSY_FRACTION
+        if sidecar is not None:
+            record["sidecar"] = {key: value for key, value in sidecar.stats().items()
+                                 if isinstance(value, (int, float))}
+        return record
+
+    def _summarize(self, mode, count, started, second_started, outcomes):
+        bound = self.lower_bound
+        failures = [f"agent{index}: {outcome.get('error') or outcome.get('sha256')}"
+                    for index, outcome in enumerate(outcomes)
+                    if outcome.get("sha256") != self.digest or outcome.get("status") != 200]
+        if failures:
+            raise BenchError(f"{mode} run with {count} agents: {len(failures)} clients did not get "
+                             f"the blob: {'; '.join(failures[:5])}")
+
+        durations = [outcome["ended"] - outcome["started"] for outcome in outcomes]
+        first_bytes = [outcome["first_byte"] - outcome["started"] for outcome in outcomes]
+        agent_stats = [outcome.get("agent", {}) for outcome in outcomes]
+        completion = max(outcome["ended"] for outcome in outcomes) - started
+
+        def multiple(seconds):
+            return None if seconds is None else round(seconds / bound, 3)
+
+        return {
+            "mode": mode,
+            "agents": count,
+            "size_bytes": self.size,
+            "rate_bits": self.rate_bits,
+            "lower_bound_seconds": round(bound, 3),
+            "completion_seconds": round(completion, 3),
+            "completion_multiple": multiple(completion),
+            "agent_seconds": [round(value, 3) for value in durations],
+            "p50_multiple": multiple(percentile(durations, 0.5)),
+            "p99_multiple": multiple(percentile(durations, 0.99)),
+            "first_byte_seconds": [round(value, 3) for value in first_bytes],
+            "first_byte_p50_seconds": round(percentile(first_bytes, 0.5), 3),
+            "first_byte_max_seconds": round(max(first_bytes), 3),
+            "second_group_start_seconds": (round(second_started - started, 3)
+                                           if second_started is not None else None),
+            "from_peers_bytes": [stats.get("from_peers", 0) for stats in agent_stats],
+            "from_sidecars_bytes": [stats.get("from_sidecars", 0) for stats in agent_stats],
+            "from_registry_bytes": [stats.get("from_registry", 0) for stats in agent_stats],
+            "fallbacks": sum(stats.get("fallbacks", 0) for stats in agent_stats),
+            "sources": sorted({stats.get("source", "unknown") for stats in agent_stats}),
+        }
+
+    @staticmethod
+    def _progress(path):
+        try:
+            return int(path.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    @staticmethod
+    def _wait_for_progress_files(clients):
+        deadline = time.monotonic() + 60
+        while not all(path.exists() for _, path, _ in clients):
+            if time.monotonic() > deadline:
+                raise BenchError("the benchmark clients did not start in 60 s")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _kill_clients(clients):
+        for process, _, _ in clients:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _say(message):
+    print(message, flush=True)
+
+
+def _check_environment(workdir, size, agent_count):
+    if os.geteuid() != 0:
+        raise BenchError("bench fanout creates network namespaces and needs root")
+    for binary, package in (("ip", "iproute2"), ("tc", "iproute2"),
+                            ("docker-registry", "docker-registry")):
+        require_binary(binary, package)
+
+    needed = size * (agent_count + 2) + DISK_MARGIN
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        raise BenchError(f"{workdir} has {free / MIB:.0f} MiB free; a run with {agent_count} "
+                         f"agents and a {size / MIB:.0f} MiB blob needs about {needed / MIB:.0f} MiB")
+
+
+def run(size, rate_bits, agent_counts, modes, repeat, output, markdown, command,
+        workdir=None, keep=False, torrent_settings=None, scenario="fanout"):
+    """Run every mode for every agent count ``repeat`` times; store and render the record."""
+    own_workdir = workdir is None
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="registry-p2p-fanout-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_environment(workdir, size, max(agent_counts))
+    bench = FanoutBench(size, rate_bits, workdir, torrent_settings)
+    runs = []
+    try:
+        with running(bench.cluster):
+            bench.prepare(max(agent_counts))
+            with running(bench.registry):
+                for count in agent_counts:
+                    for mode in modes:
+                        for attempt in range(repeat):
+                            _say(f"{mode} with {count} agents ({attempt + 1}/{repeat})...")
+                            record = bench.run(mode, count)
+                            runs.append(record)
+                            _say(f"  done in {record['completion_seconds']:.1f} s "
+                                 f"({record['completion_multiple']:.2f} x S/B), registry sent "
+                                 f"{record['registry_egress_multiple']:.2f} x S, CPU busy "
+                                 f"{record['machine_cpu_busy']:.0%}")
+    finally:
+        if own_workdir and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif keep:
+            _say(f"work directory kept: {workdir}")
+
+    record = {
+        "scenario": scenario,
+        "command": command,
+        "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source_revision": source_revision(),
+        "machine": describe_machine(),
+        "software": software_versions(
+            python_distributions=("libtorrent", "flask", "gunicorn"),
+            debian_packages=("docker-registry", "python3-libtorrent", "iproute2")),
+        "parameters": {"size_bytes": size, "rate_bits": rate_bits, "agents": list(agent_counts),
+                       "modes": list(modes), "repeat": repeat,
+                       "torrent_settings": dict(torrent_settings or {})},
+        "runs": runs,
+    }
+    results.record_result(output, record)
+    report.render_file(output, markdown)
+    _say(f"recorded in {output} and {markdown}")
+    return record

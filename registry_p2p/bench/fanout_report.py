@@ -1,0 +1,192 @@
+"""The Markdown block and the PNG plots of a ``bench fanout`` record."""
+
+import logging
+import statistics
+from pathlib import Path
+
+from registry_p2p.bench import BenchError
+from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION
+from registry_p2p.bench.report import markdown_table, render_environment
+from registry_p2p.bench.sizes import format_size
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MODE_ORDER = ("direct", "cold", "preheated", "late")
+P2P_MODES = ("cold", "preheated", "late")
+# Goals that the block compares each record with.
+COMPLETION_GOAL = 1.3
+EGRESS_GOAL = 1.5
+SINGLE_NODE_GOAL = 1.1
+
+
+def _median(values):
+    return statistics.median(values) if values else None
+
+
+def by_mode_and_count(runs, field):
+    """Return {mode: {agents: median of ``field``}} over the repeats of each mode and agent count."""
+    grouped = {}
+    for run in runs:
+        grouped.setdefault(run["mode"], {}).setdefault(run["agents"], []).append(run[field])
+
+    return {mode: {count: _median(values) for count, values in sorted(counts.items())}
+            for mode, counts in grouped.items()}
+
+
+def _rate(bits):
+    return f"{bits / 1e6:g} Mbit/s"
+
+
+def _mib(value):
+    return "-" if value is None else f"{value / MIB:.0f}"
+
+
+def _peer_share(run):
+    """Share of the blob bytes that agents got from other agents, from the agents' own counts."""
+    total = run["agents"] * run["size_bytes"]
+    return sum(run["from_peers_bytes"]) / total if total else 0.0
+
+
+def _run_row(run):
+    flag = " (CPU-bound)" if run["cpu_saturated"] else ""
+    return [
+        run["mode"],
+        run["agents"],
+        f"{run['completion_seconds']:.1f} s",
+        f"{run['completion_multiple']:.2f}",
+        f"{run['p50_multiple']:.2f} / {run['p99_multiple']:.2f}",
+        f"{run['first_byte_p50_seconds']:.2f} / {run['first_byte_max_seconds']:.2f}",
+        f"{run['registry_egress_multiple']:.2f}",
+        f"{100 * _peer_share(run):.0f}%",
+        run["fallbacks"],
+        f"{_mib(run['agent_peak_rss_bytes'])} / {_mib(run['sidecar_peak_rss_bytes'])}",
+        f"{100 * run['machine_cpu_busy']:.0f}%{flag}",
+    ]
+
+
+def goal_lines(runs):
+    """Return one sentence per goal, with the measured figure and whether it holds."""
+    lines = []
+    completion = by_mode_and_count(runs, "completion_multiple")
+    egress = by_mode_and_count(runs, "registry_egress_multiple")
+    seconds = by_mode_and_count(runs, "completion_seconds")
+    largest = max((run["agents"] for run in runs), default=0)
+
+    for mode in P2P_MODES:
+        if largest not in completion.get(mode, {}):
+            continue
+        measured = completion[mode][largest]
+        sent = egress[mode][largest]
+        lines.append(
+            f"- {mode}, N = {largest}: all agents done in {measured:.2f} x S/B "
+            f"(goal {COMPLETION_GOAL}: {'met' if measured <= COMPLETION_GOAL else 'missed'}); "
+            f"registry host sent {sent:.2f} x S "
+            f"(goal {EGRESS_GOAL}: {'met' if sent <= EGRESS_GOAL else 'missed'}).")
+
+    direct_one = seconds.get("direct", {}).get(1)
+    for mode in ("cold", "preheated"):
+        p2p_one = seconds.get(mode, {}).get(1)
+        if direct_one and p2p_one:
+            ratio = p2p_one / direct_one
+            lines.append(
+                f"- {mode}, N = 1: {p2p_one:.1f} s against {direct_one:.1f} s direct, "
+                f"{ratio:.2f} x (goal {SINGLE_NODE_GOAL}: "
+                f"{'met' if ratio <= SINGLE_NODE_GOAL else 'missed'}).")
+
+    if largest in egress.get("direct", {}):
+        lines.append(f"- direct, N = {largest}: registry host sent "
+                     f"{egress['direct'][largest]:.2f} x S and the last agent finished at "
+                     f"{completion['direct'][largest]:.2f} x S/B.")
+
+    return lines
+
+
+def render(record):
+    """Return the generated Markdown block of a fanout record."""
+    parameters, runs = record["parameters"], record["runs"]
+    size, rate = parameters["size_bytes"], parameters["rate_bits"]
+    bound = size * 8 / rate
+    settings = parameters.get("torrent_settings") or {}
+    saturated = f"{100 * SATURATED_BUSY_FRACTION:.0f}%"
+
+    setup = (
+        f"Blob: {format_size(size)} of random bytes. Every link: {_rate(rate)} each way. "
+        f"Lower bound S/B = {bound:.1f} s. Agents per run: "
+        f"{', '.join(str(count) for count in parameters['agents'])}; "
+        f"modes: {', '.join(parameters['modes'])}; {parameters['repeat']} run(s) each. "
+        + (f"libtorrent settings changed from registry-p2p's: "
+           f"{', '.join(f'{key} = {value}' for key, value in settings.items())}."
+           if settings else "registry-p2p's own libtorrent settings.")
+    )
+
+    table = markdown_table(
+        ["mode", "N", "all done", "x S/B", "p50 / p99 (x S/B)", "first byte p50 / max (s)",
+         "registry sent (x S)", "from peers", "fallbacks", "peak RSS agent / sidecar (MiB)",
+         "CPU busy"],
+        [_run_row(run) for run in sorted(runs, key=lambda run: (
+            run["agents"], MODE_ORDER.index(run["mode"])))],
+        align="lrrrrrrrrrr")
+
+    cpu_bound = sum(1 for run in runs if run["cpu_saturated"])
+    notes = (
+        f"Runs during which the machine's CPUs were at least {saturated} busy on average are "
+        f"marked CPU-bound: {cpu_bound} of {len(runs)}. Their times say more about this "
+        f"machine than about the network. \"from peers\" is the share of all agents' blob bytes "
+        f"that came from other agents, as the agents counted them; the rest came from the "
+        f"sidecar's seeder or, in direct mode, the registry."
+    )
+
+    plots = (f"![completion time against N](benchmarks/{record['scenario']}-completion.png)\n"
+             f"![registry host egress against N](benchmarks/{record['scenario']}-egress.png)")
+
+    goals = "\n".join(goal_lines(runs))
+
+    return "\n\n".join([render_environment(record), setup, table, notes, goals, plots])
+
+
+def plot(record, directory):
+    """Write the two PNG plots of a fanout record into ``directory``/benchmarks/."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise BenchError("the plots need matplotlib: apt-get install python3-matplotlib") from None
+
+    out = Path(directory) / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = record["runs"]
+    figures = [
+        ("completion", "completion_multiple", "time until every agent is done (x S/B)",
+         [(COMPLETION_GOAL, "goal for P2P")]),
+        ("egress", "registry_egress_multiple", "bytes sent by the registry host (x S)",
+         [(EGRESS_GOAL, "goal for P2P")]),
+    ]
+    written = []
+    for name, field, label, goals in figures:
+        medians = by_mode_and_count(runs, field)
+        figure, axes = pyplot.subplots(figsize=(6.4, 4.0), dpi=100)
+        for mode in MODE_ORDER:
+            if mode in medians:
+                counts = list(medians[mode])
+                axes.plot(counts, [medians[mode][count] for count in counts], marker="o", label=mode)
+        for value, goal_label in goals:
+            axes.axhline(value, color="grey", linestyle="--", linewidth=1, label=goal_label)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(sorted({run["agents"] for run in runs}))
+        axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes.set_xlabel("agents (N)")
+        axes.set_ylabel(label)
+        axes.set_title(f"{format_size(record['parameters']['size_bytes'])} blob, "
+                       f"{_rate(record['parameters']['rate_bits'])} links")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = out / f"{record['scenario']}-{name}.png"
+        figure.savefig(path, metadata={"Software": None})
+        pyplot.close(figure)
+        written.append(path)
+        log.info("wrote plot %s", path)
+
+    return written
