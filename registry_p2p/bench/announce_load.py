@@ -266,6 +266,20 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
+async def send_announces(host, port, work, timeout, readers=None):
+    """Send each list of (request, event) in ``work`` on its own connection; return the _Results.
+
+    ``readers`` are open connections to use first, one per list; a
+    connection that fails is replaced for the next request.
+    """
+    results = _Results()
+    readers = readers or [None] * len(work)
+    await asyncio.gather(*(_run_connection(reader, host, port, requests, timeout, results)
+                           for reader, requests in zip(readers, work)))
+
+    return results
+
+
 async def _run(plan, connection_ids):
     host, port = plan["host"], plan["port"]
     if not ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).version != 4:
@@ -277,11 +291,9 @@ async def _run(plan, connection_ids):
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
-    results = _Results()
     cpu_before = _cpu_seconds()
     started = time.monotonic()
-    await asyncio.gather(*(_run_connection(reader, host, port, requests, plan["timeout"], results)
-                           for reader, requests in zip(readers, work)))
+    results = await send_announces(host, port, work, plan["timeout"], readers)
     finished = time.monotonic()
 
     return {
