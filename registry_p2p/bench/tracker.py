@@ -1,8 +1,8 @@
 """``registry-p2p bench tracker``: announces per second and latency of the sidecar's tracker.
 
 The scenario starts docker-registry and a sidecar on loopback, pushes one
-image whose layers are small random blobs, and asks the sidecar for each
-layer's torrent, which makes the sidecar seed it. The tracker accepts
+image whose layers are small random blobs, and requests each layer's
+torrent from the sidecar, which makes the sidecar seed it. The tracker accepts
 announces only for torrents it seeds, so each layer becomes one swarm. Load
 generator processes (``registry_p2p.bench.announce_load``) then send a fixed
 number of announces for many peers over keep-alive connections to the
@@ -170,9 +170,10 @@ def _create_swarms(registry, sidecar, swarms, blob_size, workdir):
                             "info_hash": metainfo.info_hash})
     finished = time.perf_counter()
 
-    if len({swarm["info_hash"] for swarm in created}) != swarms:
-        raise BenchError(f"the {swarms} layers have fewer distinct infohashes; "
-                         f"layers must differ")
+    distinct = len({swarm["info_hash"] for swarm in created})
+    if distinct != swarms:
+        raise BenchError(f"the {swarms} layers have only {distinct} distinct infohashes, so some "
+                         f"layers have the same bytes; each layer needs its own random seed")
 
     return created, {"push_seconds": round(pushed - started, 2),
                      "torrent_seconds": round(finished - pushed, 2)}
