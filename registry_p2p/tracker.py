@@ -240,8 +240,8 @@ class PeerTable:
         # random.sample returns a uniformly random subset in random order,
         # as shuffling all peers and cutting the list would, but it draws
         # only the peers it returns.
-        wanted = max(0, request.numwant - len(origins))
-        sample = random.sample(others, min(wanted, len(others)))
+        sample_size = min(max(0, request.numwant - len(origins)), len(others))
+        sample = random.sample(others, sample_size)
 
         return (origins + sample)[:request.numwant]
 

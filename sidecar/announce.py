@@ -3,7 +3,7 @@
 Flask's request context, routing, hooks and response object cost more CPU
 per announce than the tracker's own work in the seeder. Announces are the
 most frequent request a sidecar gets (every peer of every swarm, once per
-``tracker.interval``), so this WSGI middleware answers GET and HEAD of
+``tracker.interval``), so this WSGI middleware serves GET and HEAD of
 ``/announce`` itself and passes every other request to Flask. It keeps what
 the Flask app adds to each response: the request id in ``X-Request-Id``
 and in log lines, and registry-style errors.

@@ -115,7 +115,7 @@ def create_app(config):
 
     @app.get("/announce")
     def announce():
-        # AnnounceEndpoint answers GET and HEAD before Flask routes them. The
+        # AnnounceEndpoint serves GET and HEAD before Flask routes them. The
         # route remains so that other methods get Flask's 405 with an Allow
         # header.
         raise RuntimeError("GET /announce reached Flask: AnnounceEndpoint must wrap app.wsgi_app")

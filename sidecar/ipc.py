@@ -45,7 +45,7 @@ def create_key(cache_dir):
 
 
 def serve_requests(conn, handlers):
-    """Answer the requests on one connection until the client closes it.
+    """Serve the requests on one connection until the client closes it.
 
     Each request is a dict with "op", the name of a handler, and its
     keyword arguments. The reply is {"result": ...}, or {"error": "..."}
