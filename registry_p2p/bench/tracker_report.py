@@ -23,6 +23,7 @@ def run_summary(record):
         "p99_ms": result["latency"].get("p99_ms"),
         "error_count": result["error_count"],
         "machine_cpu_busy": cpu["machine_cpu_busy"],
+        "load_average_1min_before": cpu["load_average_1min_before"],
         "generator_cpu_seconds": cpu["generator_cpu_seconds"],
         "gunicorn_cpu_seconds": cpu["gunicorn_cpu_seconds"],
         "seeder_cpu_seconds": cpu["seeder_cpu_seconds"],
@@ -140,16 +141,16 @@ def render(record):
                       "\"Change\" is the subject of the commit that each run measured.")
         blocks.append(markdown_table(
             ["recorded", "revision", "change", "workers × threads", "connections", "announces/s",
-             "p50 (ms)", "p99 (ms)", "errors", "machine CPU busy",
+             "p50 (ms)", "p99 (ms)", "errors", "1-min load average before", "machine CPU busy",
              "CPU s: generators / gunicorn / seeder"],
             [[run["recorded_at"][:16].replace("T", " "), _short_revision(run["source_revision"]),
               run["change"] or "–", f"{run['workers']} × {run['threads']}", run["concurrency"],
               f"{run['announces_per_s']:,.0f}", _milliseconds(run, "p50_ms"),
               _milliseconds(run, "p99_ms"), f"{run['error_count']:,}",
-              f"{100 * run['machine_cpu_busy']:.0f}%",
+              f"{run['load_average_1min_before']:.2f}", f"{100 * run['machine_cpu_busy']:.0f}%",
               f"{run['generator_cpu_seconds']:.1f} / {run['gunicorn_cpu_seconds']:.1f} / "
               f"{run['seeder_cpu_seconds']:.1f}"]
              for run in runs],
-            align="lllrrrrrrrr"))
+            align="lllrrrrrrrrr"))
 
     return "\n\n".join(blocks)

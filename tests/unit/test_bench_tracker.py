@@ -229,6 +229,7 @@ def test_render_earlier_runs_oldest_first():
 
     assert rows[0].startswith("| 2026-01-01 00:00 | fedcba9876+dirty | Add the tracker benchmark scenario "
                               "| 4 × 16 | 32 | 788 |")
+    assert rows[0].endswith("| 0 | 3.32 | 95% | 4.7 / 18.0 / 9.1 |")
     assert rows[1].startswith("| 2026-01-02 03:04 | 0123456789 | Serve GET /announce in front of Flask")
 
 
