@@ -183,6 +183,8 @@ def _bench_report(args):
 
 
 def _add_bench_parser(commands):
+    from registry_p2p.bench import tracker as tracker_bench
+
     bench = commands.add_parser(
         "bench", help="run a benchmark on this machine and record it in docs/benchmarks.json, "
                       "or regenerate docs/benchmarks.md from that file")
@@ -244,6 +246,8 @@ def _add_bench_parser(commands):
     report.add_argument("--output", default="docs/benchmarks.md",
                         help="Markdown file to update (default docs/benchmarks.md)")
     report.set_defaults(func=_bench_report)
+
+    tracker_bench.add_parser(scenarios)
 
 
 def _example_config(args):

@@ -5,6 +5,7 @@ keeps the one table of its host, and its web workers forward announces to
 it.
 """
 
+import functools
 import ipaddress
 import logging
 import random
@@ -75,14 +76,11 @@ def parse_announce(raw_query, remote_addr):
         raise AnnounceError(f"unknown event {event!r}")
 
     numwant = _int_param(params, "numwant", DEFAULT_NUMWANT)
-    address = ipaddress.ip_address(remote_addr)
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
 
     return Announce(
         info_hash=info_hash,
         peer_id=peer_id,
-        ip=str(address),
+        ip=_peer_address(remote_addr),
         port=port,
         left=max(0, _int_param(params, "left", 0)),
         event=event,
@@ -91,6 +89,28 @@ def parse_announce(raw_query, remote_addr):
 
 
 _INTEGER_RE = re.compile(rb"-?[0-9]{1,20}")
+
+# Peers announce again every interval from the same addresses, and parsing
+# an address takes longer than the rest of an announce's parsing. The
+# caches are bounded, so a flood of addresses only evicts entries.
+ADDRESS_CACHE_SIZE = 65536
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _peer_address(remote_addr):
+    """Return ``remote_addr`` in canonical form, an IPv4-mapped IPv6 address as IPv4."""
+    address = ipaddress.ip_address(remote_addr)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+
+    return str(address)
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _compact_peer(ip, port):
+    """Return (IP version, the 6 or 18 bytes of address and port in a compact reply)."""
+    address = ipaddress.ip_address(ip)
+    return address.version, address.packed + struct.pack(">H", port)
 
 
 def _int_param(params, name, default):
@@ -120,9 +140,8 @@ def compact_reply(peers, interval):
     v4 = []
     v6 = []
     for ip, port in peers:
-        address = ipaddress.ip_address(ip)
-        target = v4 if address.version == 4 else v6
-        target.append(address.packed + struct.pack(">H", port))
+        version, packed = _compact_peer(ip, port)
+        (v4 if version == 4 else v6).append(packed)
 
     reply = {"interval": interval, "min interval": max(1, interval // 2), "peers": b"".join(v4)}
     if v6:
@@ -154,6 +173,7 @@ class PeerTable:
     def announce(self, request):
         """Record an announce and return up to numwant peers for it as (ip, port)."""
         now = self._clock()
+        origin = is_origin(request.peer_id)
         with self._lock:
             swarm = self._swarms.setdefault(request.info_hash, _Swarm())
             swarm.expire(now, self.ttl)
@@ -163,11 +183,12 @@ class PeerTable:
             if request.event == "stopped":
                 swarm.remove(request.peer_id)
             else:
-                swarm.peers[request.peer_id] = _Peer(request.ip, request.port, request.left, now)
+                swarm.put(request.peer_id, _Peer((request.ip, request.port), request.left, now,
+                                                 origin))
                 if request.left == 0:
                     swarm.origin_assigned.discard(request.peer_id)
 
-            if stalled and not is_origin(request.peer_id):
+            if stalled and not origin:
                 # No progress since its last announce: its peers cannot
                 # serve it (gone, or missing the same pieces), so it gets
                 # the origin beyond origin_fanout.
@@ -175,15 +196,15 @@ class PeerTable:
 
             if request.event == "stopped":
                 peers = []
-            elif is_origin(request.peer_id):
-                peers = self._leechers_for_origin(swarm)
+            elif origin:
+                peers = self._leechers_for_origin(swarm)[:request.numwant]
             else:
                 peers = self._peers_for_node(swarm, request)
 
             if not swarm.peers:
                 del self._swarms[request.info_hash]
 
-        return peers[:request.numwant]
+        return peers
 
     def _leechers_for_origin(self, swarm):
         """Return the leechers assigned to the origin, first filling free slots.
@@ -194,7 +215,7 @@ class PeerTable:
         """
         if not swarm.has_node_seed():
             waiting = [peer_id for peer_id, peer in swarm.peers.items()
-                       if peer.left > 0 and not is_origin(peer_id)
+                       if peer.left > 0 and not peer.origin
                        and peer_id not in swarm.origin_assigned]
             free = max(0, self.origin_fanout - len(swarm.origin_assigned))
             swarm.origin_assigned.update(waiting[:free])
@@ -202,28 +223,42 @@ class PeerTable:
         return swarm.assigned_leechers()
 
     def _peers_for_node(self, swarm, request):
-        others = [
-            (peer.ip, peer.port) for peer_id, peer in swarm.peers.items()
-            if peer_id != request.peer_id and not is_origin(peer_id)
-            and (request.left > 0 or peer.left > 0)
-        ]
-        random.shuffle(others)
+        """Return up to numwant peers for a node: the origins if it gets them, then others at random."""
+        own_id = request.peer_id
+        if request.left > 0:
+            others = [peer.address for peer_id, peer in swarm.peers.items()
+                      if peer_id != own_id and not peer.origin]
+        else:
+            # A seed needs only leechers, and is no leecher itself.
+            others = [peer.address for peer in swarm.peers.values()
+                      if peer.left > 0 and not peer.origin]
 
-        origins = [(peer.ip, peer.port) for peer_id, peer in swarm.peers.items()
-                   if is_origin(peer_id)]
-        if request.left == 0 or not origins:
-            return others
+        origins = [peer.address for peer in swarm.origins.values()]
+        if request.left == 0 or not origins or not self._gets_origin(swarm, own_id):
+            origins = []
 
-        # A node that already has the whole blob serves it as well as the
-        # origin does, so a new leecher gets the origin only while no node
-        # has completed. A stalled leecher was assigned in announce().
+        # random.sample returns a uniformly random subset in random order,
+        # as shuffling all peers and cutting the list would, but it draws
+        # only the peers it returns.
+        sample_size = min(max(0, request.numwant - len(origins)), len(others))
+        sample = random.sample(others, sample_size)
+
+        return (origins + sample)[:request.numwant]
+
+    def _gets_origin(self, swarm, peer_id):
+        """Return whether a leecher gets the origin, assigning it a slot if one is free.
+
+        A node that already has the whole blob serves it as well as the
+        origin does, so a new leecher gets the origin only while no node
+        has completed. A stalled leecher was assigned in announce().
+        """
         assigned = swarm.origin_assigned
-        if request.peer_id in assigned or (len(assigned) < self.origin_fanout
-                                           and not swarm.has_node_seed()):
-            assigned.add(request.peer_id)
-            return origins + others
+        if peer_id in assigned or (len(assigned) < self.origin_fanout
+                                   and not swarm.has_node_seed()):
+            assigned.add(peer_id)
+            return True
 
-        return others
+        return False
 
     def swarm_sizes(self):
         """Return {hex infohash: live peer count}."""
@@ -246,32 +281,70 @@ def is_origin(peer_id):
     return peer_id.startswith(ORIGIN_PEER_ID_PREFIX)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Peer:
-    ip: str
-    port: int
+    address: tuple
     left: int
     last_seen: float
+    origin: bool
 
 
 @dataclass
 class _Swarm:
+    """The peers of one infohash.
+
+    ``peers`` is in the order in which peers first announced.
+    ``by_last_seen`` contains the same peer ids in the order of their last
+    announce, so expiry stops at the first peer that is still fresh
+    instead of checking every peer on every announce. ``origins`` contains
+    the origin seeds among the peers, and ``node_seed_count`` the number of
+    other peers with nothing left to download.
+    """
+
     peers: dict = field(default_factory=dict)
+    by_last_seen: dict = field(default_factory=dict)
+    origins: dict = field(default_factory=dict)
+    node_seed_count: int = 0
     origin_assigned: set = field(default_factory=set)
 
+    def put(self, peer_id, peer):
+        """Add or replace a peer; its ``last_seen`` must not be older than any other peer's."""
+        self._forget(peer_id)
+        self.peers[peer_id] = peer
+        self.by_last_seen[peer_id] = None
+        if peer.origin:
+            self.origins[peer_id] = peer
+        elif peer.left == 0:
+            self.node_seed_count += 1
+
     def remove(self, peer_id):
+        self._forget(peer_id)
         self.peers.pop(peer_id, None)
         self.origin_assigned.discard(peer_id)
 
+    def _forget(self, peer_id):
+        """Drop a peer from the last-seen order, the origins and the seed count, keeping its place in ``peers``."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return
+        del self.by_last_seen[peer_id]
+        if peer.origin:
+            del self.origins[peer_id]
+        elif peer.left == 0:
+            self.node_seed_count -= 1
+
     def expire(self, now, ttl):
-        stale = [peer_id for peer_id, peer in self.peers.items() if now - peer.last_seen > ttl]
+        stale = []
+        for peer_id in self.by_last_seen:
+            if now - self.peers[peer_id].last_seen <= ttl:
+                break
+            stale.append(peer_id)
         for peer_id in stale:
             self.remove(peer_id)
 
     def has_node_seed(self):
-        return any(peer.left == 0 and not is_origin(peer_id)
-                   for peer_id, peer in self.peers.items())
+        return self.node_seed_count > 0
 
     def assigned_leechers(self):
-        return [(self.peers[peer_id].ip, self.peers[peer_id].port)
+        return [self.peers[peer_id].address
                 for peer_id in self.origin_assigned if peer_id in self.peers]

@@ -11,6 +11,7 @@ from registry_p2p.errors import P2PError, RegistryHTTPError, unavailable
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
 from sidecar import notifications
+from sidecar.announce import AnnounceEndpoint
 from sidecar.ipc import SeederClient
 from sidecar.origin import Origin
 from sidecar.seeder import tracker_urls
@@ -95,17 +96,6 @@ def create_app(config):
 
         return jsonify({"accepted": len(accepted)})
 
-    @app.get("/announce")
-    def announce():
-        try:
-            reply = seeder.call("announce", query=request.environ.get("QUERY_STRING", ""),
-                                remote_addr=request.remote_addr)
-        except P2PError as exc:
-            log.error("tracker unavailable: %s", exc)
-            raise unavailable("tracker unavailable") from None
-
-        return Response(reply, content_type="text/plain")
-
     @app.get("/p2p/v1/stats")
     def stats():
         try:
@@ -122,5 +112,14 @@ def create_app(config):
             return jsonify({"status": "unhealthy", "seeder": str(exc)}), 503
 
         return jsonify({"status": "ok"})
+
+    @app.get("/announce")
+    def announce():
+        # AnnounceEndpoint serves GET and HEAD before Flask routes them. The
+        # route remains so that other methods get Flask's 405 with an Allow
+        # header.
+        raise RuntimeError("GET /announce reached Flask: AnnounceEndpoint must wrap app.wsgi_app")
+
+    app.wsgi_app = AnnounceEndpoint(app.wsgi_app, seeder)
 
     return app

@@ -3,12 +3,21 @@
 The seeder owns the host's one libtorrent session and the tracker's peer
 table. Workers reach it over a Unix socket in the cache directory, which
 only the service user can open, with an authentication key next to it.
-Each call opens a connection, sends one request dict and reads one reply.
+Each thread of a worker keeps one authenticated connection and sends one
+request dict at a time on it, then reads one reply. The seeder serves each
+connection on a thread of its own until the worker closes it.
+
+Opening a connection costs two challenge-response round trips, which the
+seeder's one accepting thread runs one connection at a time, and a new
+seeder thread. Paid on every request, that made the accepting thread the
+limit of the tracker's throughput (``registry-p2p bench tracker`` in
+docs/benchmarks.md).
 """
 
 import logging
 import os
 import secrets
+import threading
 from multiprocessing.connection import Client
 
 from registry_p2p.errors import P2PError
@@ -35,31 +44,106 @@ def create_key(cache_dir):
     return key
 
 
+def serve_requests(conn, handlers):
+    """Serve the requests on one connection until the client closes it.
+
+    Each request is a dict with "op", the name of a handler, and its
+    keyword arguments. The reply is {"result": ...}, or {"error": "..."}
+    when the handler raised, so a failed request does not close the
+    connection.
+    """
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        except OSError as exc:
+            log.warning("worker connection broke: %s", exc)
+            return
+
+        try:
+            handler = handlers[request.pop("op")]
+            reply = {"result": handler(**request)}
+        except Exception as exc:
+            log.exception("seeder request failed")
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+
+        try:
+            conn.send(reply)
+        except OSError as exc:
+            log.warning("worker connection broke: %s", exc)
+            return
+
+
 class SeederClient:
+    """Sends requests to the seeder, over one kept-open connection per calling thread."""
+
     def __init__(self, cache_dir):
         self.cache_dir = str(cache_dir)
         self._key = None
+        self._local = threading.local()
 
     def call(self, op, **arguments):
-        """Send one request to the seeder and return its reply; P2PError if it is down."""
-        try:
-            if self._key is None:
-                with open(os.path.join(self.cache_dir, KEY_NAME), "rb") as key_file:
-                    self._key = key_file.read()
-            with Client(socket_path(self.cache_dir), family="AF_UNIX", authkey=self._key) as conn:
-                conn.send({"op": op, **arguments})
-                reply = conn.recv()
-        except (OSError, EOFError) as exc:
-            # The seeder writes a new key on each start.
-            self._key = None
-            raise P2PError(f"seeder process unreachable at {socket_path(self.cache_dir)}: "
-                           f"{exc}") from exc
-        except Exception as exc:
-            # An authentication failure means a key from a previous seeder.
-            self._key = None
-            raise P2PError(f"seeder request {op!r} failed: {exc}") from exc
+        """Send one request to the seeder and return its reply; P2PError if it is down.
+
+        A kept-open connection that fails is replaced by a new one once. It
+        fails when the seeder exited, and a new seeder has none of the old
+        one's state, so repeating the request cannot apply it twice.
+        """
+        request = {"op": op, **arguments}
+        reply = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            try:
+                reply = self._exchange(conn, request)
+            except (OSError, EOFError) as exc:
+                # The seeder exited, and a new one has a new key.
+                log.info("seeder connection broke, opening a new one: %s", exc)
+                self._key = None
+                self.close()
+            except Exception as exc:
+                self.close()
+                raise P2PError(f"seeder request {op!r} failed: {exc}") from exc
+
+        if reply is None:
+            reply = self._call_on_new_connection(request)
 
         if "error" in reply:
             raise P2PError(f"seeder request {op!r} failed: {reply['error']}")
 
         return reply["result"]
+
+    def _call_on_new_connection(self, request):
+        try:
+            conn = self._local.conn = self._connect()
+            return self._exchange(conn, request)
+        except (OSError, EOFError) as exc:
+            # The seeder writes a new key on each start.
+            self._key = None
+            self.close()
+            raise P2PError(f"seeder process unreachable at {socket_path(self.cache_dir)}: "
+                           f"{exc}") from exc
+        except Exception as exc:
+            # An authentication failure means a key from a previous seeder.
+            self._key = None
+            self.close()
+            raise P2PError(f"seeder request {request['op']!r} failed: {exc}") from exc
+
+    def close(self):
+        """Close the calling thread's connection, if it has one."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _connect(self):
+        if self._key is None:
+            with open(os.path.join(self.cache_dir, KEY_NAME), "rb") as key_file:
+                self._key = key_file.read()
+
+        return Client(socket_path(self.cache_dir), family="AF_UNIX", authkey=self._key)
+
+    @staticmethod
+    def _exchange(conn, request):
+        conn.send(request)
+        return conn.recv()

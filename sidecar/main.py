@@ -29,6 +29,9 @@ def start_seeder(config):
                                    f"at start; see its log lines above")
         try:
             client.call("ping")
+            # gunicorn forks its workers from this process, which must not
+            # hand them this thread's connection.
+            client.close()
             return process
         except P2PError:
             if time.monotonic() > deadline:

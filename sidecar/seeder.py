@@ -180,15 +180,7 @@ class Seeder:
 
     def handle(self, conn):
         with conn:
-            try:
-                request = conn.recv()
-                handler = self.handlers[request.pop("op")]
-                conn.send({"result": handler(**request)})
-            except (EOFError, OSError) as exc:
-                log.warning("worker connection broke: %s", exc)
-            except Exception as exc:
-                log.exception("seeder request failed")
-                conn.send({"error": f"{type(exc).__name__}: {exc}"})
+            ipc.serve_requests(conn, self.handlers)
 
     def serve(self, stop):
         path = ipc.socket_path(self.config["cache_dir"])

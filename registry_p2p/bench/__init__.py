@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SCENARIOS = {
     "swift": "registry_p2p.bench.swift",
+    "tracker": "registry_p2p.bench.tracker",
     "fanout": "registry_p2p.bench.fanout",
 }
 

@@ -610,3 +610,116 @@ def test_origin_stopped_leaves_swarm(table):
     table.announce(origin_request(event="stopped"))
 
     assert table.announce(request(1)) == []
+
+
+# Bookkeeping that keeps an announce from scanning the whole swarm.
+
+
+def test_expiry_follows_last_announce(table, clock):
+    # Peer 1 announced first but again after peer 2, so only peer 2 expires.
+    table.announce(request(1))
+    clock.now += 50
+    table.announce(request(2))
+    clock.now += 50
+    table.announce(request(1))
+    clock.now += 75
+
+    assert table.announce(request(3)) == [address(1)]
+
+
+def test_expiry_of_every_peer(table, clock):
+    for peer in range(1, 6):
+        table.announce(request(peer))
+        clock.now += 1
+    clock.now += 121
+
+    assert table.announce(request(9)) == []
+    assert table.swarm_sizes() == {INFO_HASH.hex(): 1}
+
+
+def test_expired_seed_frees_origin(table, clock):
+    table.announce(origin_request())
+    table.announce(request(1, left=0, event="completed"))
+    clock.now += 100
+    table.announce(origin_request())
+    clock.now += 30
+
+    assert address(ORIGIN) in table.announce(request(2))
+
+
+def test_stopped_seed_frees_origin(table):
+    table.announce(origin_request())
+    table.announce(request(1, left=0, event="completed"))
+    table.announce(request(1, left=0, event="stopped"))
+
+    assert address(ORIGIN) in table.announce(request(2))
+
+
+def test_seed_counted_once_per_reannounce(table):
+    table.announce(origin_request())
+    table.announce(request(1, left=0, event="completed"))
+    table.announce(request(1, left=0))
+    table.announce(request(1, left=0))
+    table.announce(request(1, left=0, event="stopped"))
+
+    assert address(ORIGIN) in table.announce(request(2))
+
+
+def test_seed_restarting_as_leecher_gets_origin(table):
+    # A node that lost its copy announces again with bytes left, and no
+    # other node has the blob.
+    table.announce(origin_request())
+    table.announce(request(1, left=0, event="completed"))
+
+    assert address(ORIGIN) in table.announce(request(1, left=100, event="started"))
+
+
+def test_sample_is_distinct_others(table):
+    for peer in range(1, 41):
+        table.announce(request(peer))
+
+    reply = table.announce(request(41, numwant=25))
+
+    assert len(reply) == 25
+    assert len(set(reply)) == 25
+    assert address(41) not in reply
+    assert set(reply) <= {address(peer) for peer in range(1, 41)}
+
+
+def test_sample_varies_between_announces(table):
+    for peer in range(1, 41):
+        table.announce(request(peer))
+
+    replies = {tuple(table.announce(request(41, numwant=5))) for _ in range(20)}
+
+    assert len(replies) > 1
+
+
+def test_origin_comes_first_within_numwant(table):
+    table.announce(origin_request())
+    for peer in range(1, 11):
+        table.announce(request(peer))
+    table.announce(request(1))
+
+    assert table.announce(request(1, numwant=1)) == [address(ORIGIN)]
+
+
+def test_origin_in_reply_with_more_peers(table):
+    table.announce(origin_request())
+    table.announce(request(1))
+    for peer in range(2, 11):
+        table.announce(request(peer))
+
+    reply = table.announce(request(1, numwant=5))
+
+    assert reply[0] == address(ORIGIN)
+    assert len(reply) == 5
+    assert address(1) not in reply
+
+
+def test_compact_reply_cached_address_changes_nothing():
+    first = tracker.compact_reply([("127.0.0.7", 7000), ("::1", 7001)], 30)
+    second = tracker.compact_reply([("127.0.0.7", 7000), ("::1", 7001)], 30)
+
+    assert first == second
+    assert reference_bdecode(second)[b"peers"] == bytes([127, 0, 0, 7]) + (7000).to_bytes(2, "big")
