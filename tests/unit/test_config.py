@@ -16,10 +16,10 @@ OPTION_SETS = [
 
 
 def flatten(document, prefix=""):
-    """Return the dotted keys of a parsed TOML document."""
+    """Return the dotted keys of a parsed TOML document; an empty table is a key of its own."""
     keys = set()
     for key, value in document.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             keys |= flatten(value, prefix + key + ".")
         else:
             keys.add(prefix + key)
@@ -539,3 +539,25 @@ def test_example_mentions_secret_file():
 
     assert "password_file may name a file" in comment_text
     assert "secretkey_file may name a file" in comment_text
+
+
+# [torrent.settings]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_torrent_settings_table_is_passed_through(options):
+    loaded = config.load(options, text="[torrent.settings]\nconnections_limit = 400\n"
+                                       "enable_outgoing_utp = true\n")
+
+    assert loaded["torrent.settings"] == {"connections_limit": 400, "enable_outgoing_utp": True}
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "1.5", "{ a = 1 }"])
+def test_torrent_settings_reject_other_value_types(value):
+    with pytest.raises(config.ConfigError, match="torrent.settings"):
+        config.load(AGENT_OPTIONS, text=f"[torrent.settings]\nconnections_limit = {value}\n")
+
+
+def test_torrent_settings_must_be_a_table():
+    with pytest.raises(config.ConfigError, match="expected a table"):
+        config.load(AGENT_OPTIONS, text="[torrent]\nsettings = 3\n")
