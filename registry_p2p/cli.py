@@ -105,6 +105,10 @@ def _bench_swift(args):
         return 2
 
 
+# Records that `bench fanout` may store, each with its own block in the Markdown file.
+FANOUT_RECORDS = ("fanout", "fanout-tuning", "fanout-large")
+
+
 def _bench_fanout(args):
     from registry_p2p.bench import fanout
     from registry_p2p.bench.sizes import format_size
@@ -115,12 +119,17 @@ def _bench_fanout(args):
     command = (f"registry-p2p bench fanout --size {format_size(args.size).replace(' ', '')} "
                f"--rate {args.rate / 1e6:g}Mbit --agents {','.join(map(str, args.agents))} "
                f"--modes {','.join(args.modes)} --repeat {args.repeat}")
-    command += "".join(f" --torrent-setting {key}={value}"
-                       for key, value in args.torrent_setting.items())
+    variants = args.variant or [fanout.DEFAULT_VARIANT]
+    for variant in args.variant or []:
+        changes = ",".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+                           for key, value in variant.changes)
+        command += f" --variant {variant.label}" + (f":{changes}" if changes else "")
+    if args.name != "fanout":
+        command += f" --name {args.name}"
     try:
         fanout.run(args.size, args.rate, args.agents, args.modes, args.repeat, args.output,
                    markdown, command, workdir=args.workdir, keep=args.keep,
-                   torrent_settings=args.torrent_setting)
+                   variants=variants, scenario=args.name)
     except SandboxError as exc:
         print(f"registry-p2p: error: the simulated cluster failed: {exc}", file=sys.stderr)
         return 2
@@ -156,22 +165,13 @@ def _mode_list(text):
     return modes
 
 
-class _SettingAction(argparse.Action):
-    """Collects repeated NAME=VALUE options into a dict; VALUE is an integer, true/false or text."""
+def _variant_argument(text):
+    from registry_p2p.bench.fanout import parse_variant
 
-    def __call__(self, parser, namespace, value, option_string=None):
-        name, equals, text = value.partition("=")
-        if not equals or not name:
-            raise argparse.ArgumentError(self, f"expected NAME=VALUE, got {value!r}")
-        settings = dict(getattr(namespace, self.dest) or {})
-        if text in ("true", "false"):
-            settings[name] = text == "true"
-        else:
-            try:
-                settings[name] = int(text)
-            except ValueError:
-                settings[name] = text
-        setattr(namespace, self.dest, settings)
+    try:
+        return parse_variant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _bench_report(args):
@@ -226,9 +226,15 @@ def _add_bench_parser(commands):
                         help="modes to run for each N (default direct,cold,preheated,late)")
     fanout.add_argument("--repeat", type=int, default=1,
                         help="runs of each mode and N (default 1)")
-    fanout.add_argument("--torrent-setting", action=_SettingAction, default={}, metavar="NAME=VALUE",
-                        help="libtorrent setting for the sidecar and the agents, as "
-                             "[torrent.settings] in their configs; repeatable")
+    fanout.add_argument("--variant", type=_variant_argument, action="append",
+                        metavar="LABEL[:KEY=VALUE,...]",
+                        help="run every mode and N under this configuration too; KEY is "
+                             "sidecar.<table>.<key> or agent.<table>.<key> for a config key, or "
+                             "a libtorrent setting name for both; repeatable (default: one "
+                             "variant, \"default\", with the shipped configuration)")
+    fanout.add_argument("--name", choices=FANOUT_RECORDS, default="fanout",
+                        help="name of the record to store, so that separate experiments keep "
+                             "separate records and blocks (default fanout)")
     fanout.add_argument("--output", default="docs/benchmarks.json",
                         help="JSON file of benchmark records to update (default docs/benchmarks.json)")
     fanout.add_argument("--markdown",

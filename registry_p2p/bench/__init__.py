@@ -23,6 +23,8 @@ SCENARIOS = {
     "swift": "registry_p2p.bench.swift",
     "tracker": "registry_p2p.bench.tracker",
     "fanout": "registry_p2p.bench.fanout",
+    "fanout-tuning": "registry_p2p.bench.fanout",
+    "fanout-large": "registry_p2p.bench.fanout",
 }
 
 

@@ -21,11 +21,12 @@ link needs to carry the blob once.
 """
 
 import concurrent.futures
+import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -41,7 +42,8 @@ from registry_p2p import layout
 from registry_p2p.bench import BenchError, report, results, running
 from registry_p2p.bench.fanout_report import plot, render  # noqa: F401 (the scenario's hooks)
 from registry_p2p.bench.machine import describe_machine, software_versions, source_revision
-from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION, busy_fraction, read_cpu_times
+from registry_p2p.bench.measure import (SATURATED_BUSY_FRACTION, busy_fraction, percentile,
+                                        read_cpu_times)
 from registry_p2p.sandbox.cluster import Cluster
 from registry_p2p.sandbox.p2p import AgentService, SidecarService, python_environment
 from registry_p2p.sandbox.process import require_binary
@@ -65,14 +67,65 @@ def lower_bound_seconds(size, rate_bits):
     return size * 8 / rate_bits
 
 
-def percentile(values, fraction):
-    """Return the nearest-rank percentile of ``values`` (fraction from 0 to 1), or None if empty."""
-    if not values:
-        return None
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named set of configuration changes under which runs happen.
 
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
+    ``changes`` maps keys to values: ``sidecar.<table>.<key>`` and
+    ``agent.<table>.<key>`` set a key of the sidecar's or the agents'
+    config (such as ``sidecar.tracker.origin_fanout``), and any other key is
+    a libtorrent setting for both, as in [torrent.settings].
+    """
+
+    label: str
+    changes: tuple = ()
+
+    def sections(self, role):
+        """Return the config tables that this variant adds for ``role`` ("sidecar" or "agent")."""
+        tables = {}
+        for key, value in self.changes:
+            head, _, rest = key.partition(".")
+            if head in ("sidecar", "agent"):
+                if head == role:
+                    table, _, name = rest.rpartition(".")
+                    tables.setdefault(table, {})[name] = value
+            else:
+                tables.setdefault("torrent.settings", {})[key] = value
+        return tables
+
+    def as_record(self):
+        return {"label": self.label, "changes": dict(self.changes)}
+
+
+DEFAULT_VARIANT = Variant("default")
+
+
+def _setting_value(text):
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parse_variant(text):
+    """Parse ``LABEL`` or ``LABEL:KEY=VALUE,KEY=VALUE`` into a Variant; VALUE is an integer, true/false or text."""
+    label, _, rest = text.partition(":")
+    if not label.strip():
+        raise ValueError(f"variant {text!r} has no label; expected LABEL:KEY=VALUE,...")
+
+    changes = []
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"variant {label!r}: expected KEY=VALUE, got {item!r}")
+        if key.split(".")[0] in ("sidecar", "agent") and key.count(".") < 2:
+            raise ValueError(f"variant {label!r}: {key!r} needs a table and a key, "
+                             f"such as sidecar.tracker.origin_fanout")
+        changes.append((key, _setting_value(value)))
+
+    return Variant(label.strip(), tuple(changes))
 
 
 def write_blob(storage_root, repository, size, seed=0):
@@ -165,15 +218,11 @@ def _get_json(url, timeout=30):
 class FanoutBench:
     """One cluster and one registry, on which the runs of the scenario happen one after another."""
 
-    def __init__(self, size, rate_bits, workdir, torrent_settings=None):
+    def __init__(self, size, rate_bits, workdir):
         self.size = size
         self.rate_bits = rate_bits
         self.workdir = Path(workdir)
-        self.torrent_settings = dict(torrent_settings or {})
-        # Extra config tables of the sidecar and of the agents, such as
-        # {"tracker": {"origin_fanout": 4}}, for tuning runs.
-        self.sidecar_sections = {}
-        self.agent_sections = {}
+        self.variant = DEFAULT_VARIANT
         self.cluster = Cluster(rate_bits)
         self.registry = None
         self.registry_host = None
@@ -211,7 +260,7 @@ class FanoutBench:
                                          self.registry.root_directory,
                                          host=self.registry_host.address,
                                          netns=self.registry_host.netns,
-                                         sections=self._sections(self.sidecar_sections))
+                                         sections=self.variant.sections("sidecar"))
                 sidecar.start()
             agents = self._start_agents(run_dir, hosts, sidecar)
             if mode == "preheated":
@@ -228,17 +277,13 @@ class FanoutBench:
 
         return record
 
-    def _sections(self, extra):
-        sections = {"torrent.settings": self.torrent_settings} if self.torrent_settings else {}
-        return {**sections, **extra}
-
     def _start_agents(self, run_dir, hosts, sidecar):
         sidecars = [sidecar.url] if sidecar is not None else []
         agents = [AgentService(run_dir / f"agent{index}",
                                [{"name": REGISTRY_NAME, "url": self.registry.url,
                                  "sidecars": sidecars}],
                                host=host.address, netns=host.netns, stall_timeout=60,
-                               sections=self._sections(self.agent_sections))
+                               sections=self.variant.sections("agent"))
                   for index, host in enumerate(hosts)]
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
@@ -350,6 +395,7 @@ class FanoutBench:
 
         return {
             "mode": mode,
+            "variant": self.variant.label,
             "agents": count,
             "size_bytes": self.size,
             "rate_bits": self.rate_bits,
@@ -357,10 +403,10 @@ class FanoutBench:
             "completion_seconds": round(completion, 3),
             "completion_multiple": multiple(completion),
             "agent_seconds": [round(value, 3) for value in durations],
-            "p50_multiple": multiple(percentile(durations, 0.5)),
-            "p99_multiple": multiple(percentile(durations, 0.99)),
+            "p50_multiple": multiple(percentile(sorted(durations), 0.5)),
+            "p99_multiple": multiple(percentile(sorted(durations), 0.99)),
             "first_byte_seconds": [round(value, 3) for value in first_bytes],
-            "first_byte_p50_seconds": round(percentile(first_bytes, 0.5), 3),
+            "first_byte_p50_seconds": round(percentile(sorted(first_bytes), 0.5), 3),
             "first_byte_max_seconds": round(max(first_bytes), 3),
             "second_group_start_seconds": (round(second_started - started, 3)
                                            if second_started is not None else None),
@@ -413,25 +459,26 @@ def _check_environment(workdir, size, agent_count):
 
 
 def run(size, rate_bits, agent_counts, modes, repeat, output, markdown, command,
-        workdir=None, keep=False, torrent_settings=None, scenario="fanout"):
-    """Run every mode for every agent count ``repeat`` times; store and render the record."""
+        workdir=None, keep=False, variants=(DEFAULT_VARIANT,), scenario="fanout"):
+    """Run every mode for every agent count and variant ``repeat`` times; store and render the record."""
     own_workdir = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="registry-p2p-fanout-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _check_environment(workdir, size, max(agent_counts))
-    bench = FanoutBench(size, rate_bits, workdir, torrent_settings)
+    bench = FanoutBench(size, rate_bits, workdir)
     runs = []
     try:
         with running(bench.cluster):
             bench.prepare(max(agent_counts))
             with running(bench.registry):
-                for count in agent_counts:
-                    for mode in modes:
-                        for attempt in range(repeat):
-                            _say(f"{mode} with {count} agents ({attempt + 1}/{repeat})...")
-                            record = bench.run(mode, count)
-                            runs.append(record)
-                            _say(f"  done in {record['completion_seconds']:.1f} s "
+                for count, variant, mode, attempt in itertools.product(
+                        agent_counts, variants, modes, range(repeat)):
+                    bench.variant = variant
+                    _say(f"{mode} with {count} agents, variant {variant.label} "
+                         f"({attempt + 1}/{repeat})...")
+                    record = bench.run(mode, count)
+                    runs.append(record)
+                    _say(f"  done in {record['completion_seconds']:.1f} s "
                                  f"({record['completion_multiple']:.2f} x S/B), registry sent "
                                  f"{record['registry_egress_multiple']:.2f} x S, CPU busy "
                                  f"{record['machine_cpu_busy']:.0%}")
@@ -452,7 +499,7 @@ def run(size, rate_bits, agent_counts, modes, repeat, output, markdown, command,
             debian_packages=("docker-registry", "python3-libtorrent", "iproute2")),
         "parameters": {"size_bytes": size, "rate_bits": rate_bits, "agents": list(agent_counts),
                        "modes": list(modes), "repeat": repeat,
-                       "torrent_settings": dict(torrent_settings or {})},
+                       "variants": [variant.as_record() for variant in variants]},
         "runs": runs,
     }
     results.record_result(output, record)

@@ -24,11 +24,17 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def series(run, runs):
+    """Return the name of the line that ``run`` belongs to: its mode, prefixed by its variant if several."""
+    variants = {other.get("variant", "default") for other in runs}
+    return run["mode"] if len(variants) < 2 else f"{run.get('variant', 'default')} {run['mode']}"
+
+
 def by_mode_and_count(runs, field):
-    """Return {mode: {agents: median of ``field``}} over the repeats of each mode and agent count."""
+    """Return {series: {agents: median of ``field``}} over the repeats of each series and agent count."""
     grouped = {}
     for run in runs:
-        grouped.setdefault(run["mode"], {}).setdefault(run["agents"], []).append(run[field])
+        grouped.setdefault(series(run, runs), {}).setdefault(run["agents"], []).append(run[field])
 
     return {mode: {count: _median(values) for count, values in sorted(counts.items())}
             for mode, counts in grouped.items()}
@@ -48,10 +54,10 @@ def _peer_share(run):
     return sum(run["from_peers_bytes"]) / total if total else 0.0
 
 
-def _run_row(run):
+def _run_row(run, runs):
     flag = " (CPU-bound)" if run["cpu_saturated"] else ""
     return [
-        run["mode"],
+        series(run, runs),
         run["agents"],
         f"{run['completion_seconds']:.1f} s",
         f"{run['completion_multiple']:.2f}",
@@ -66,7 +72,12 @@ def _run_row(run):
 
 
 def goal_lines(runs):
-    """Return one sentence per goal, with the measured figure and whether it holds."""
+    """Return one sentence per goal, with the measured figure and whether it holds.
+
+    With several variants, only the runs of the first one count.
+    """
+    first = runs[0].get("variant", "default") if runs else "default"
+    runs = [run for run in runs if run.get("variant", "default") == first]
     lines = []
     completion = by_mode_and_count(runs, "completion_multiple")
     egress = by_mode_and_count(runs, "registry_egress_multiple")
@@ -102,12 +113,19 @@ def goal_lines(runs):
     return lines
 
 
+def _variant_text(variant):
+    changes = variant.get("changes") or {}
+    if not changes:
+        return f"{variant['label']} (the shipped configuration)"
+    return f"{variant['label']} (" + ", ".join(f"{key} = {value}" for key, value in changes.items()) + ")"
+
+
 def render(record):
     """Return the generated Markdown block of a fanout record."""
     parameters, runs = record["parameters"], record["runs"]
     size, rate = parameters["size_bytes"], parameters["rate_bits"]
     bound = size * 8 / rate
-    settings = parameters.get("torrent_settings") or {}
+    variants = parameters.get("variants") or [{"label": "default", "changes": {}}]
     saturated = f"{100 * SATURATED_BUSY_FRACTION:.0f}%"
 
     setup = (
@@ -115,17 +133,15 @@ def render(record):
         f"Lower bound S/B = {bound:.1f} s. Agents per run: "
         f"{', '.join(str(count) for count in parameters['agents'])}; "
         f"modes: {', '.join(parameters['modes'])}; {parameters['repeat']} run(s) each. "
-        + (f"libtorrent settings changed from registry-p2p's: "
-           f"{', '.join(f'{key} = {value}' for key, value in settings.items())}."
-           if settings else "registry-p2p's own libtorrent settings.")
+        f"Variants: " + "; ".join(_variant_text(variant) for variant in variants) + "."
     )
 
     table = markdown_table(
-        ["mode", "N", "all done", "x S/B", "p50 / p99 (x S/B)", "first byte p50 / max (s)",
+        ["series", "N", "all done", "x S/B", "p50 / p99 (x S/B)", "first byte p50 / max (s)",
          "registry sent (x S)", "from peers", "fallbacks", "peak RSS agent / sidecar (MiB)",
          "CPU busy"],
-        [_run_row(run) for run in sorted(runs, key=lambda run: (
-            run["agents"], MODE_ORDER.index(run["mode"])))],
+        [_run_row(run, runs) for run in sorted(runs, key=lambda run: (
+            run["agents"], run.get("variant", ""), MODE_ORDER.index(run["mode"])))],
         align="lrrrrrrrrrr")
 
     cpu_bound = sum(1 for run in runs if run["cpu_saturated"])
@@ -167,10 +183,9 @@ def plot(record, directory):
     for name, field, label, goals in figures:
         medians = by_mode_and_count(runs, field)
         figure, axes = pyplot.subplots(figsize=(6.4, 4.0), dpi=100)
-        for mode in MODE_ORDER:
-            if mode in medians:
-                counts = list(medians[mode])
-                axes.plot(counts, [medians[mode][count] for count in counts], marker="o", label=mode)
+        for line_name, values in medians.items():
+            counts = list(values)
+            axes.plot(counts, [values[count] for count in counts], marker="o", label=line_name)
         for value, goal_label in goals:
             axes.axhline(value, color="grey", linestyle="--", linewidth=1, label=goal_label)
         axes.set_xscale("log", base=2)

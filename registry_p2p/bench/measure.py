@@ -26,6 +26,21 @@ class CpuTimes:
     total: int
 
 
+def percentile(sorted_values, fraction):
+    """Return the nearest-rank percentile of ``sorted_values`` (ascending): the smallest value
+    that at least ``fraction`` of the values do not exceed.
+
+    Raises ValueError for an empty list or a fraction outside (0, 1].
+    """
+    if not sorted_values:
+        raise ValueError("no values for a percentile")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"invalid percentile fraction {fraction}: must be above 0 and at most 1")
+
+    rank = -(-len(sorted_values) * fraction // 1)
+    return sorted_values[int(rank) - 1]
+
+
 def parse_proc_stat(text):
     """Return the CpuTimes in the text of /proc/stat.
 

@@ -30,7 +30,7 @@ import requests
 from registry_p2p import config as configuration, torrent
 from registry_p2p.bench import BenchError, announce_load, report, results, running
 from registry_p2p.bench.machine import describe_machine, software_versions, source_revision
-from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION, measure, process_cpu_seconds
+from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION, measure, percentile, process_cpu_seconds
 from registry_p2p.bench.sizes import format_size, parse_size
 from registry_p2p.bench import tracker_report
 from registry_p2p.bench.tracker_report import run_summary
@@ -55,21 +55,6 @@ GENERATOR_READY_TIMEOUT = 120.0
 # The run's own timeout: a generator that takes longer is stopped.
 SECONDS_PER_REQUEST_LIMIT = 0.05
 MIN_RUN_TIMEOUT = 120.0
-
-
-def percentile(sorted_values, fraction):
-    """Return the nearest-rank percentile of ``sorted_values`` (ascending): the smallest value
-    that at least ``fraction`` of the values do not exceed.
-
-    Raises ValueError for an empty list or a fraction outside (0, 1].
-    """
-    if not sorted_values:
-        raise ValueError("no values for a percentile")
-    if not 0 < fraction <= 1:
-        raise ValueError(f"invalid percentile fraction {fraction}: must be above 0 and at most 1")
-
-    rank = -(-len(sorted_values) * fraction // 1)
-    return sorted_values[int(rank) - 1]
 
 
 def latency_summary(latencies_us):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from registry_p2p.bench import results, tracker, tracker_report
+from registry_p2p.bench import measure, results, tracker, tracker_report
 
 
 @pytest.mark.parametrize("fraction, expected", [
@@ -16,27 +16,27 @@ from registry_p2p.bench import results, tracker, tracker_report
     (1.0, 100),
 ])
 def test_percentile_nearest_rank(fraction, expected):
-    assert tracker.percentile(list(range(1, 101)), fraction) == expected
+    assert measure.percentile(list(range(1, 101)), fraction) == expected
 
 
 def test_percentile_single_value():
-    assert tracker.percentile([7], 0.99) == 7
+    assert measure.percentile([7], 0.99) == 7
 
 
 def test_percentile_small_list_rounds_up():
     # 0.5 * 3 = 1.5, so the nearest rank is 2.
-    assert tracker.percentile([10, 20, 30], 0.5) == 20
+    assert measure.percentile([10, 20, 30], 0.5) == 20
 
 
 def test_percentile_empty_raises():
     with pytest.raises(ValueError, match="no values"):
-        tracker.percentile([], 0.5)
+        measure.percentile([], 0.5)
 
 
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
 def test_percentile_invalid_fraction_raises(fraction):
     with pytest.raises(ValueError, match="invalid percentile fraction"):
-        tracker.percentile([1, 2], fraction)
+        measure.percentile([1, 2], fraction)
 
 
 def test_latency_summary_milliseconds():
