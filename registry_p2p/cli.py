@@ -106,7 +106,7 @@ def _bench_swift(args):
 
 
 # Records that `bench fanout` may store, each with its own block in the Markdown file.
-FANOUT_RECORDS = ("fanout", "fanout-tuning", "fanout-large")
+FANOUT_RECORDS = ("fanout", "fanout-tuning", "fanout-first-byte", "fanout-large")
 
 
 def _bench_fanout(args):

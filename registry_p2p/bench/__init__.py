@@ -24,6 +24,7 @@ SCENARIOS = {
     "tracker": "registry_p2p.bench.tracker",
     "fanout": "registry_p2p.bench.fanout",
     "fanout-tuning": "registry_p2p.bench.fanout",
+    "fanout-first-byte": "registry_p2p.bench.fanout",
     "fanout-large": "registry_p2p.bench.fanout",
 }
 

@@ -159,13 +159,21 @@ def write_blob(storage_root, repository, size, seed=0):
     return f"sha256:{hex_digest}"
 
 
-class CpuSampler:
-    """Samples the machine's CPU busy fraction every CPU_SAMPLE_SECONDS in a thread."""
+class Sampler:
+    """Samples, every CPU_SAMPLE_SECONDS in a thread, the machine's CPU busy fraction and the
+    anonymous memory of the largest process of each watched process group.
 
-    def __init__(self):
+    Anonymous memory (RssAnon) is what a process allocated itself. Its RSS
+    also counts pages of files it maps, such as libtorrent's mapped blob
+    files, which the kernel can drop at any time.
+    """
+
+    def __init__(self, groups=None):
         self.samples = []
+        self.groups = dict(groups or {})
+        self.peak_anon = dict.fromkeys(self.groups, 0)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         self._first = None
         self._last = None
 
@@ -185,15 +193,19 @@ class CpuSampler:
             current = read_cpu_times()
             self.samples.append(busy_fraction(previous, current))
             previous = current
+            for name, pgids in self.groups.items():
+                largest = max((group_memory(pgid, "RssAnon:") for pgid in pgids), default=0)
+                self.peak_anon[name] = max(self.peak_anon[name], largest)
 
     @property
     def busy(self):
         return busy_fraction(self._first, self._last)
 
 
-def peak_rss_of_group(pgid):
-    """Return the largest VmHWM (peak RSS, bytes) among the live processes of process group ``pgid``."""
-    peak = 0
+def group_memory(pgid, field):
+    """Return the largest value of ``field`` (a /proc/<pid>/status line such as "VmHWM:"), in
+    bytes, among the live processes of process group ``pgid``."""
+    largest = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -202,12 +214,12 @@ def peak_rss_of_group(pgid):
             if int(stat.rpartition(")")[2].split()[2]) != pgid:
                 continue
             for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
+                if line.startswith(field):
+                    largest = max(largest, int(line.split()[1]) * 1024)
         except (OSError, ValueError, IndexError):
             continue
 
-    return peak
+    return largest
 
 
 def _get_json(url, timeout=30):
@@ -338,7 +350,10 @@ class FanoutBench:
         agents_before = [self.cluster.counters(host) for host in hosts]
         timeout = 180 + 4 * self.lower_bound * (count + 1)
         second_started = None
-        with CpuSampler() as cpu:
+        groups = {"agent": [agent.process.pid for agent in agents]}
+        if sidecar is not None:
+            groups["sidecar"] = [sidecar.process.pid]
+        with Sampler(groups) as cpu:
             started = time.time()
             start_files[0].touch()
             deadline = time.monotonic() + timeout
@@ -365,9 +380,12 @@ class FanoutBench:
                                           for before, after in zip(agents_before, agents_after)]
         record["agent_sent_bytes"] = [after[1] - before[1]
                                       for before, after in zip(agents_before, agents_after)]
-        record["agent_peak_rss_bytes"] = max(peak_rss_of_group(agent.process.pid) for agent in agents)
-        record["sidecar_peak_rss_bytes"] = (peak_rss_of_group(sidecar.process.pid)
+        record["agent_peak_rss_bytes"] = max(group_memory(agent.process.pid, "VmHWM:")
+                                             for agent in agents)
+        record["sidecar_peak_rss_bytes"] = (group_memory(sidecar.process.pid, "VmHWM:")
                                             if sidecar is not None else None)
+        record["agent_peak_anon_bytes"] = cpu.peak_anon["agent"]
+        record["sidecar_peak_anon_bytes"] = cpu.peak_anon.get("sidecar")
         record["machine_cpu_busy"] = round(cpu.busy, 3)
         record["machine_cpu_busy_max_sample"] = round(max(cpu.samples, default=cpu.busy), 3)
         record["cpu_saturated"] = cpu.busy >= SATURATED_BUSY_FRACTION

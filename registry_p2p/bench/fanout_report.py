@@ -48,6 +48,15 @@ def _mib(value):
     return "-" if value is None else f"{value / MIB:.0f}"
 
 
+def _memory(run, role):
+    """Return "peak RSS (peak anonymous)" in MiB of ``role``'s largest process, or "-"."""
+    peak = run.get(f"{role}_peak_rss_bytes")
+    if peak is None:
+        return "-"
+    anonymous = run.get(f"{role}_peak_anon_bytes")
+    return f"{_mib(peak)} ({_mib(anonymous)})" if anonymous else _mib(peak)
+
+
 def _peer_share(run):
     """Share of the blob bytes that agents got from other agents, from the agents' own counts."""
     total = run["agents"] * run["size_bytes"]
@@ -66,7 +75,7 @@ def _run_row(run, runs):
         f"{run['registry_egress_multiple']:.2f}",
         f"{100 * _peer_share(run):.0f}%",
         run["fallbacks"],
-        f"{_mib(run['agent_peak_rss_bytes'])} / {_mib(run['sidecar_peak_rss_bytes'])}",
+        f"{_memory(run, 'agent')} / {_memory(run, 'sidecar')}",
         f"{100 * run['machine_cpu_busy']:.0f}%{flag}",
     ]
 
@@ -138,7 +147,7 @@ def render(record):
 
     table = markdown_table(
         ["series", "N", "all done", "x S/B", "p50 / p99 (x S/B)", "first byte p50 / max (s)",
-         "registry sent (x S)", "from peers", "fallbacks", "peak RSS agent / sidecar (MiB)",
+         "registry sent (x S)", "from peers", "fallbacks", "RSS (anon) agent / sidecar, MiB",
          "CPU busy"],
         [_run_row(run, runs) for run in sorted(runs, key=lambda run: (
             run["agents"], run.get("variant", ""), MODE_ORDER.index(run["mode"])))],
@@ -150,7 +159,10 @@ def render(record):
         f"marked CPU-bound: {cpu_bound} of {len(runs)}. Their times say more about this "
         f"machine than about the network. \"from peers\" is the share of all agents' blob bytes "
         f"that came from other agents, as the agents counted them; the rest came from the "
-        f"sidecar's seeder or, in direct mode, the registry."
+        f"sidecar's seeder or, in direct mode, the registry. Memory is that of the largest "
+        f"process of any agent and of the sidecar: peak RSS (VmHWM), and in brackets the "
+        f"peak of its anonymous memory (RssAnon, sampled every 0.5 s). RSS also counts pages "
+        f"of the blob files that libtorrent maps, which the kernel reclaims when it needs to."
     )
 
     plots = (f"![completion time against N](benchmarks/{record['scenario']}-completion.png)\n"

@@ -89,6 +89,7 @@ def _run(mode, agents, completion, egress, cpu=0.5, size=128 * MIB, rate=50_000_
         "first_byte_p50_seconds": 0.2, "first_byte_max_seconds": 0.3,
         "registry_egress_multiple": egress, "from_peers_bytes": [size // 2] * agents,
         "fallbacks": 0, "agent_peak_rss_bytes": 90 * MIB, "sidecar_peak_rss_bytes": None,
+        "agent_peak_anon_bytes": 40 * MIB, "sidecar_peak_anon_bytes": None,
         "machine_cpu_busy": cpu, "cpu_saturated": cpu >= 0.9,
     }
 
@@ -127,6 +128,7 @@ def test_render_flags_cpu_bound_runs_and_links_plots():
     assert block.count("(CPU-bound)") == 1
     assert "benchmarks/fanout-completion.png" in block
     assert "Lower bound S/B = 21.5 s" in block
+    assert "| 90 (40) / - |" in block
 
 
 def _png_size(path):

@@ -1,0 +1,79 @@
+"""`registry-p2p bench fanout` end to end on a small cluster, against a real docker-registry and sidecar.
+
+No time is asserted: the machine may be busy. What is asserted is what the
+records must show whatever the speed: every client got the blob, direct
+mode made the registry host send it once per agent, P2P mode made the
+agents count every byte from the sidecar or from peers, and nothing of the
+cluster is left behind.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+SIZE = 6 * MIB
+AGENTS = 3
+
+
+def _cluster_namespaces():
+    result = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in result.stdout.splitlines() if line.startswith("rp2p-")}
+
+
+@pytest.fixture
+def short_tmpdir():
+    """A directory with a short path: the seeder's Unix socket path must fit in 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="fan-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_bench_fanout_records_direct_and_p2p_runs(tmp_path, short_tmpdir):
+    output = tmp_path / "docs" / "benchmarks.json"
+    namespaces_before = _cluster_namespaces()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "registry_p2p", "bench", "fanout", "--size", "6MiB",
+         "--rate", "200Mbit", "--agents", str(AGENTS), "--modes", "direct,cold",
+         "--workdir", str(short_tmpdir / "work"), "--output", str(output)],
+        capture_output=True, text=True, env=dict(os.environ), timeout=600, check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(output.read_text())["scenarios"]["fanout"]
+    runs = {run["mode"]: run for run in record["runs"]}
+    assert set(runs) == {"direct", "cold"}
+
+    direct, cold = runs["direct"], runs["cold"]
+    for run in (direct, cold):
+        assert run["agents"] == AGENTS
+        assert len(run["agent_seconds"]) == AGENTS
+        assert all(seconds > 0 for seconds in run["agent_seconds"])
+        assert all(received >= SIZE for received in run["agent_received_bytes"])
+
+    # Direct: every agent streamed the blob from the registry.
+    assert direct["sources"] == ["registry"]
+    assert direct["from_registry_bytes"] == [SIZE] * AGENTS
+    assert AGENTS * SIZE <= direct["registry_egress_bytes"] < AGENTS * SIZE * 1.1
+
+    # P2P: every byte came over BitTorrent, from the sidecar or from peers.
+    assert cold["sources"] == ["p2p"]
+    assert cold["fallbacks"] == 0
+    assert sum(cold["from_sidecars_bytes"]) + sum(cold["from_peers_bytes"]) >= AGENTS * SIZE * 0.9
+    assert cold["registry_egress_bytes"] >= SIZE
+    assert cold["sidecar_peak_rss_bytes"] > 0 and cold["agent_peak_rss_bytes"] > 0
+
+    markdown = output.with_suffix(".md").read_text()
+    assert "<!-- begin generated: fanout -->" in markdown
+    for name in ("fanout-completion.png", "fanout-egress.png"):
+        assert (output.parent / "benchmarks" / name).read_bytes()[:4] == b"\x89PNG"
+
+    assert _cluster_namespaces() == namespaces_before
