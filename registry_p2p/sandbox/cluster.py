@@ -8,7 +8,7 @@ Layout, for a cluster with suffix ``<s>``::
 
 Each host's ``eth0`` is shaped on egress (the host's upload) and the
 switch's port ``p<i>`` on egress (the host's download), both at the same
-rate with an HTB class. The root namespace joins the bridge through an
+rate with HTB (see shaping_commands()). The root namespace joins the bridge through an
 unshaped management link, so that the benchmark can reach every host's HTTP
 ports; its traffic is health checks and statistics. The subnet is a free /24
 of CLUSTER_BLOCK, which overlaps no route of the root namespace.
@@ -47,23 +47,39 @@ def queue_bytes(rate_bits):
     return max(MIN_QUEUE_BYTES, int(rate_bits / 8 * QUEUE_SECONDS))
 
 
-def shaping_commands(interface, rate_bits):
+def shaping_commands(interface, rate_bits, management_address, upload):
     """Return the tc argument lists that limit egress of ``interface`` to ``rate_bits`` bits/s.
 
-    One HTB class carries all traffic at the rate, with a byte-limited FIFO
-    below it. The class quantum is set because HTB's default (rate / 10)
-    exceeds its own limit at these rates.
+    An HTB class at the rate holds two classes: one for the benchmark's
+    traffic, with a byte-limited FIFO, and one served first for ARP and for
+    traffic with the root namespace's ``management_address`` (its
+    destination on a host's own link, ``upload``; its source on a switch
+    port). Without it a full data queue drops ARP replies, and hosts lose
+    sight of each other for seconds. The class quantum is set because
+    HTB's default (rate / 10) exceeds its own limit at these rates.
     """
     if rate_bits <= 0:
         raise ValueError(f"link rate must be positive, got {rate_bits} bit/s")
 
-    rate = f"{int(rate_bits)}bit"
+    rate = int(rate_bits)
+    control = max(1, min(1_000_000, rate // 10))
+    field = "dst" if upload else "src"
+
+    def htb_class(parent, classid, class_rate, *extra):
+        return ["class", "add", "dev", interface, "parent", parent, "classid", classid, "htb",
+                "rate", f"{class_rate}bit", "ceil", f"{rate}bit", *extra, "quantum", "60000"]
+
     return [
         ["qdisc", "add", "dev", interface, "root", "handle", "1:", "htb", "default", "10"],
-        ["class", "add", "dev", interface, "parent", "1:", "classid", "1:10", "htb",
-         "rate", rate, "ceil", rate, "quantum", "60000"],
+        htb_class("1:", "1:1", rate),
+        htb_class("1:1", "1:10", rate - control, "prio", "1"),
+        htb_class("1:1", "1:20", control, "prio", "0"),
         ["qdisc", "add", "dev", interface, "parent", "1:10", "bfifo",
          "limit", str(queue_bytes(rate_bits))],
+        ["filter", "add", "dev", interface, "parent", "1:", "protocol", "arp", "prio", "1",
+         "u32", "match", "u32", "0", "0", "flowid", "1:20"],
+        ["filter", "add", "dev", interface, "parent", "1:", "protocol", "ip", "prio", "2",
+         "u32", "match", "ip", field, f"{management_address}/32", "flowid", "1:20"],
     ]
 
 
@@ -153,9 +169,9 @@ class Cluster:
         self._run(self._ip, "-n", netns, "addr", "add",
                   f"{host.address}/{self._subnet.prefixlen}", "dev", HOST_INTERFACE)
         self._run(self._ip, "-n", netns, "link", "set", HOST_INTERFACE, "up")
-        for command in shaping_commands(HOST_INTERFACE, self.rate_bits):
+        for command in shaping_commands(HOST_INTERFACE, self.rate_bits, self.root_address, True):
             self._run(self._tc, "-n", netns, *command)
-        for command in shaping_commands(host.switch_port, self.rate_bits):
+        for command in shaping_commands(host.switch_port, self.rate_bits, self.root_address, False):
             self._run(self._tc, "-n", self.switch, *command)
 
         self.hosts.append(host)

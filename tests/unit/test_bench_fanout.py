@@ -19,13 +19,23 @@ def test_lower_bound_is_size_over_rate():
     assert fanout.lower_bound_seconds(128 * MIB, 50_000_000) == pytest.approx(21.474836, rel=1e-6)
 
 
-def test_shaping_limits_both_class_and_queue():
-    commands = cluster.shaping_commands("eth0", 50_000_000)
-    flat = [" ".join(command) for command in commands]
+def test_shaping_limits_the_link_and_puts_arp_and_management_first():
+    commands = [" ".join(command) for command in
+                cluster.shaping_commands("eth0", 50_000_000, "10.216.1.254", upload=True)]
 
-    assert flat[0] == "qdisc add dev eth0 root handle 1: htb default 10"
-    assert "rate 50000000bit ceil 50000000bit" in flat[1]
-    assert flat[2].endswith(f"bfifo limit {cluster.queue_bytes(50_000_000)}")
+    assert commands[0] == "qdisc add dev eth0 root handle 1: htb default 10"
+    assert "classid 1:1 htb rate 50000000bit ceil 50000000bit" in commands[1]
+    assert "classid 1:10 htb rate 49000000bit ceil 50000000bit prio 1" in commands[2]
+    assert "classid 1:20 htb rate 1000000bit ceil 50000000bit prio 0" in commands[3]
+    assert commands[4].endswith(f"bfifo limit {cluster.queue_bytes(50_000_000)}")
+    assert "protocol arp" in commands[5] and commands[5].endswith("flowid 1:20")
+    assert "match ip dst 10.216.1.254/32 flowid 1:20" in commands[6]
+
+
+def test_shaping_on_a_switch_port_matches_management_by_source():
+    commands = cluster.shaping_commands("p3", 10_000_000, "10.216.1.254", upload=False)
+
+    assert "src" in commands[-1] and "1000000bit" in " ".join(commands[3])
 
 
 def test_queue_holds_fifty_milliseconds_but_never_less_than_the_minimum():
@@ -36,7 +46,7 @@ def test_queue_holds_fifty_milliseconds_but_never_less_than_the_minimum():
 @pytest.mark.parametrize("rate", [0, -1])
 def test_shaping_rejects_a_rate_that_is_not_positive(rate):
     with pytest.raises(ValueError, match="positive"):
-        cluster.shaping_commands("eth0", rate)
+        cluster.shaping_commands("eth0", rate, "10.0.0.254", upload=True)
 
 
 def test_interface_counters_read_stats64():
