@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from registry_p2p import layout
@@ -222,9 +221,24 @@ def group_memory(pgid, field):
     return largest
 
 
-def _get_json(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.load(response)
+_GET_SCRIPT = ("import sys, urllib.request\n"
+               "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as response:\n"
+               "    sys.stdout.buffer.write(response.read())\n")
+
+
+def get_in_namespace(netns, url, timeout=60):
+    """GET ``url`` from inside network namespace ``netns`` and return the body.
+
+    Requests to a host's own services stay on that host's loopback, so they
+    neither cross the shaped links nor depend on the management link.
+    """
+    argv = [require_binary("ip", "iproute2"), "netns", "exec", netns, sys.executable, "-c",
+            _GET_SCRIPT, url, str(timeout)]
+    result = subprocess.run(argv, capture_output=True, timeout=timeout + 30, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"GET {url} in {netns} failed: "
+                         f"{result.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    return result.stdout
 
 
 class FanoutBench:
@@ -311,11 +325,10 @@ class FanoutBench:
 
     def _preheat(self, sidecar):
         url = f"{sidecar.url}/p2p/v1/{REPOSITORY}/blobs/{self.digest}/torrent"
-        with urllib.request.urlopen(url, timeout=600) as response:
-            response.read()
+        get_in_namespace(self.registry_host.netns, url, timeout=600)
 
         deadline = time.monotonic() + 60
-        while sidecar.stats().get("seeded_blobs", 0) < 1:
+        while self._sidecar_stats(sidecar).get("seeded_blobs", 0) < 1:
             if time.monotonic() > deadline:
                 raise BenchError("the sidecar did not start seeding the preheated blob in 60 s")
             time.sleep(0.2)
@@ -390,7 +403,7 @@ class FanoutBench:
         record["machine_cpu_busy_max_sample"] = round(max(cpu.samples, default=cpu.busy), 3)
         record["cpu_saturated"] = cpu.busy >= SATURATED_BUSY_FRACTION
         if sidecar is not None:
-            record["sidecar"] = {key: value for key, value in sidecar.stats().items()
+            record["sidecar"] = {key: value for key, value in self._sidecar_stats(sidecar).items()
                                  if isinstance(value, (int, float))}
         return record
 
@@ -434,6 +447,9 @@ class FanoutBench:
             "fallbacks": sum(stats.get("fallbacks", 0) for stats in agent_stats),
             "sources": sorted({stats.get("source", "unknown") for stats in agent_stats}),
         }
+
+    def _sidecar_stats(self, sidecar):
+        return json.loads(get_in_namespace(self.registry_host.netns, f"{sidecar.url}/p2p/v1/stats"))
 
     @staticmethod
     def _progress(path):
