@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # bound the memory of one stream. Deadlines cost no memory, but while any
 # piece has one, libtorrent keeps at most one request per peer outside the
 # time-critical pieces (request_a_block() in libtorrent 2.0).
-READ_AHEAD_BYTES = 16 * 1024 * 1024
+READ_AHEAD_BYTES = 8 * 1024 * 1024
 DEADLINE_WINDOW_BYTES = 64 * 1024 * 1024
 MIN_READ_AHEAD_PIECES = 2
 MIN_DEADLINE_PIECES = 4
