@@ -381,9 +381,13 @@ class TorrentSession:
 
         def fail_reads(submitted):
             exc = submitted.exception()
-            if exc is not None:
-                for future in futures.values():
-                    _fail(future, exc)
+            if exc is None:
+                return
+            if not isinstance(exc, P2PError):
+                log.error("setting piece deadlines on torrent %s failed: %r", info_hash, exc)
+                exc = P2PError(f"setting piece deadlines failed: {type(exc).__name__}: {exc}")
+            for future in futures.values():
+                _fail(future, exc)
 
         self.submit(request).add_done_callback(fail_reads)
 

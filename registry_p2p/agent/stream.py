@@ -213,6 +213,7 @@ class BlobStream:
             self._first = next(self._source, None)
             if self._first is None:
                 # The download was cached before its first piece was read.
+                self.close()
                 self._source = self._from_cache(0)
                 self._first = next(self._source)
         except BaseException:
@@ -253,15 +254,14 @@ class BlobStream:
             yield from self._source
         except P2PError as exc:
             reason = self._failure(exc)
-            if reason is None:
-                # The download completed after all: the rest is in the cache.
-                yield from self._from_cache(self._check.sent)
+            if reason is not None:
+                yield from self._from_registry(reason)
                 return
-
-            yield from self._from_registry(reason)
-            return
+            # The download completed after all, so the rest is in the cache.
 
         if not self._check.complete:
+            # Pieces read ahead are no longer needed once the file is cached.
+            self.close()
             yield from self._from_cache(self._check.sent)
 
     def _from_torrent(self, offset):
