@@ -383,6 +383,12 @@ AGENT_OPTIONS = (
     Option("p2p.stall_timeout", positive_seconds, 20.0,
            "Seconds without download progress after which the agent gives up "
            "on BitTorrent and fetches the blob from the registry."),
+    Option("p2p.stream", boolean, True,
+           "Send a blob that is not cached to the client while it downloads, "
+           "in order as its pieces arrive, instead of after the whole download "
+           "is verified. If the download fails after part of the blob was sent, "
+           "the rest comes from the registry. false waits for the whole "
+           "download first."),
     Option("upstream_timeout", positive_seconds, 30.0,
            "Seconds to wait for a registry or sidecar to connect or send data."),
     Option("log_level", LOG_LEVELS, "info", "Log level."),

@@ -21,6 +21,7 @@ import libtorrent as lt
 
 from registry_p2p import __version__
 from registry_p2p.errors import P2PError
+from registry_p2p.piece_deadlines import PieceDeadlines
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ def _drain(fd):
         pass
 
 
+def _fail(future, exc):
+    """Set ``exc`` on a Future unless it is already resolved or cancelled."""
+    if not future.done():
+        future.set_exception(exc)
+
+
 def _limit_every_peer(session):
     """Put every peer in the global peer class, whose rate limits are the session's.
 
@@ -118,6 +125,10 @@ class TorrentSession:
         self._wakeup_read, self._wakeup_write = _pipe()
         self._downloads = {}
         self._pending_removals = {}
+        # Per hex infohash: the piece deadlines and reads of its streaming
+        # readers (owner thread only).
+        self._piece_deadlines = {}
+        self._stream_readers = 0
         self._counters = {"net.sent_payload_bytes": 0, "net.recv_payload_bytes": 0}
         self._metric_index = {}
         self._stopping = threading.Event()
@@ -140,6 +151,7 @@ class TorrentSession:
             lt.session_stats_alert: self._on_session_stats,
             lt.block_finished_alert: self._on_block_finished,
             lt.alerts_dropped_alert: self._on_alerts_dropped,
+            lt.read_piece_alert: self._on_read_piece,
         }
 
     # Lifecycle
@@ -234,6 +246,8 @@ class TorrentSession:
         for download in self._downloads.values():
             download.error = "session stopped"
             download.finished.set()
+        for info_hash in list(self._piece_deadlines):
+            self._fail_reads(info_hash, "session stopped")
         while True:
             try:
                 _, future = self._commands.get_nowait()
@@ -339,6 +353,7 @@ class TorrentSession:
                 done.set_result(False)
                 return
             self._downloads.pop(info_hash, None)
+            self._fail_reads(info_hash, "removed")
             self._pending_removals[info_hash] = (done, delete_files)
             flags = lt.session.delete_files if delete_files else 0
             session.remove_torrent(handle, flags)
@@ -346,6 +361,70 @@ class TorrentSession:
         self._chain(self.submit(remove), done)
 
         return done
+
+    def read_pieces(self, info_hash, reader, first, end, reads):
+        """Give ``reader``'s window of pieces deadlines and request the bytes of ``reads``.
+
+        Pieces ``first`` to ``end - 1`` get deadlines in index order, so
+        libtorrent requests them before other pieces. Each piece in
+        ``reads`` is read through libtorrent's storage once it has passed
+        its hash check, at once if it already has. The file itself may not
+        hold such a piece yet, because libtorrent 2.0 can keep written
+        blocks in its store buffer. ``reader`` is any hashable token; other
+        readers' deadlines and reads stay as they are.
+
+        Returns ``{piece: Future}`` for the pieces in ``reads``. Each
+        Future receives the piece's bytes, or P2PError when the read fails
+        or the torrent is removed.
+        """
+        futures = {piece: concurrent.futures.Future() for piece in reads}
+
+        def request(session):
+            handle = self._handle(session, info_hash)
+            table = self._piece_deadlines.setdefault(info_hash, PieceDeadlines())
+            table.set_window(reader, first, end)
+            for piece, future in futures.items():
+                table.add_read(reader, piece, future)
+            self._apply_deadlines(handle, table)
+            self._count_stream_readers()
+
+        def fail_reads(submitted):
+            exc = submitted.exception()
+            if exc is None:
+                return
+            if not isinstance(exc, P2PError):
+                log.error("setting piece deadlines on torrent %s failed: %r", info_hash, exc)
+                exc = P2PError(f"setting piece deadlines failed: {type(exc).__name__}: {exc}")
+            for future in futures.values():
+                _fail(future, exc)
+
+        self.submit(request).add_done_callback(fail_reads)
+
+        return futures
+
+    def release_reader(self, info_hash, reader):
+        """Drop the deadlines and pending reads of ``reader``, and return a Future of None.
+
+        The last reader of a torrent clears all of its piece deadlines, so
+        libtorrent returns to its usual piece order.
+        """
+        def release(session):
+            table = self._piece_deadlines.get(info_hash)
+            if table is None:
+                return
+            for future in table.release(reader):
+                future.cancel()
+
+            handle = session.find_torrent(lt.sha1_hash(bytes.fromhex(info_hash)))
+            if table.is_empty():
+                del self._piece_deadlines[info_hash]
+                if handle.is_valid():
+                    handle.clear_piece_deadlines()
+            elif handle.is_valid():
+                self._apply_deadlines(handle, table)
+            self._count_stream_readers()
+
+        return self.submit(release)
 
     def reannounce(self, info_hash):
         """Announce a torrent to its trackers now, ignoring the announce interval."""
@@ -358,6 +437,10 @@ class TorrentSession:
     def listen_port(self):
         """Return a Future of the TCP port that the session accepts peers on."""
         return self.submit(lambda session: session.listen_port())
+
+    def stream_readers(self):
+        """Return the number of readers that have piece deadlines or reads, across all torrents."""
+        return self._stream_readers
 
     def counters(self):
         """Return total payload bytes sent and received by this session (thread-safe copy)."""
@@ -383,6 +466,33 @@ class TorrentSession:
         if not handle.is_valid():
             raise P2PError(f"no torrent {info_hash} in the session")
         return handle
+
+    def _apply_deadlines(self, handle, table):
+        for piece, state in table.changes():
+            if state is None:
+                handle.reset_piece_deadline(piece)
+                continue
+
+            deadline_ms, read = state
+            if read:
+                handle.set_piece_deadline(piece, deadline_ms,
+                                          lt.deadline_flags_t.alert_when_available)
+            else:
+                handle.set_piece_deadline(piece, deadline_ms)
+
+    def _fail_reads(self, info_hash, reason):
+        table = self._piece_deadlines.pop(info_hash, None)
+        if table is None:
+            return
+
+        error = P2PError(f"torrent {info_hash} {reason} before its pieces were read")
+        for future in table.take_all_reads():
+            _fail(future, error)
+        self._count_stream_readers()
+
+    def _count_stream_readers(self):
+        self._stream_readers = sum(table.reader_count()
+                                   for table in self._piece_deadlines.values())
 
     @staticmethod
     def _chain(submitted, done):
@@ -440,8 +550,33 @@ class TorrentSession:
                           alert.piece_index, alert.block_index)
         download.bytes_by_client[client] = download.bytes_by_client.get(client, 0) + size
 
+    def _on_read_piece(self, alert):
+        info_hash = str(alert.handle.info_hash())
+        table = self._piece_deadlines.get(info_hash)
+        if table is None:
+            return
+        waiting = table.take_reads(alert.piece)
+        if not waiting:
+            return
+
+        if alert.error.value() != 0:
+            log.warning("reading piece %d of torrent %s failed: %s",
+                        alert.piece, info_hash, alert.error.message())
+            error = P2PError(f"reading piece {alert.piece} of torrent {info_hash} failed: "
+                             f"{alert.error.message()}")
+            for future in waiting:
+                _fail(future, error)
+            return
+
+        data = alert.buffer
+        for future in waiting:
+            if not future.done():
+                future.set_result(data)
+
     def _on_alerts_dropped(self, alert):
-        log.warning("libtorrent dropped alerts (queue full); per-peer byte counts are low")
+        log.warning("libtorrent dropped alerts (queue full); per-peer byte counts are low, "
+                    "and a streamed blob whose piece read was dropped waits for the whole "
+                    "download")
 
     def _on_torrent_error(self, alert):
         info_hash = str(alert.handle.info_hash())

@@ -97,7 +97,8 @@ def create_app(config, upstreams, blobs, session):
 
     @app.get("/p2p/v1/stats")
     def stats():
-        return jsonify({**blobs.stats.snapshot(), **session.counters()})
+        return jsonify({**blobs.stats.snapshot(), **session.counters(),
+                        "stream_readers": session.stream_readers()})
 
     @app.get("/healthz")
     def healthz():

@@ -2,7 +2,9 @@
 
 Any failure of the BitTorrent path (no sidecar, bad metainfo, no peers, a
 stall, a digest mismatch) falls back to streaming the blob from the
-registry, so the P2P layer never fails a pull.
+registry, so the P2P layer never fails a pull. With ``p2p.stream``, a GET
+without Range of a blob that is not cached is served while the download
+runs (``registry_p2p.agent.stream``).
 """
 
 import concurrent.futures
@@ -12,6 +14,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 
 import requests
 from flask import Response, request
@@ -19,7 +22,8 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.wsgi import wrap_file
 
-from registry_p2p import torrent
+from registry_p2p import logs, torrent
+from registry_p2p.agent.stream import BlobStream, RegistryRange
 from registry_p2p.errors import P2PError
 from registry_p2p.proxy import pass_through
 from registry_p2p.registry_api import head_blob
@@ -107,6 +111,34 @@ def single_range(header, size):
     return parsed.range_for_length(size) is not None
 
 
+def streamable(headers):
+    """Return whether a GET with these request headers can be streamed while its blob downloads.
+
+    A Range or If-None-Match request waits for the download and is then
+    served from the cache, with the same evaluation as a cached blob.
+    """
+    return headers.get("Range") is None and headers.get("If-None-Match") is None
+
+
+@dataclass
+class Fetch:
+    """One BitTorrent download of a blob into the cache, shared by every request for it.
+
+    ``torrent`` resolves to the session's Download once the torrent is
+    being downloaded, or to None when the blob turned out to be cached
+    already. ``done`` resolves to True once the blob is verified and
+    cached. Both fail with P2PError.
+    """
+
+    torrent: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+    def fail(self, exc):
+        for future in (self.torrent, self.done):
+            if not future.done():
+                future.set_exception(exc)
+
+
 class BlobService:
     def __init__(self, config, session, cache, http, upstreams):
         self.session = session
@@ -117,6 +149,7 @@ class BlobService:
         self.metainfo_timeout = config["p2p.metainfo_timeout"]
         self.stall_timeout = config["p2p.stall_timeout"]
         self.min_blob_size = config["p2p.min_blob_size"]
+        self.stream = config["p2p.stream"]
         self.stats = BlobStats()
         self._lock = threading.Lock()
         self._inflight = {}
@@ -135,6 +168,7 @@ class BlobService:
 
     def get(self, registry, repository, digest, hex_digest, upstream_target):
         """Serve a blob GET for ``repository`` on ``registry``."""
+        started = time.monotonic()
         authorization = request.headers.get("Authorization")
         size = self._authorize(registry, repository, digest, authorization)
         if size is None:
@@ -150,23 +184,53 @@ class BlobService:
             return self._from_registry(registry, hex_digest, upstream_target, source=None)
 
         if self.cache.load_info(hex_digest) is not None:
-            response = self._send(hex_digest, digest)
-            if response.status_code == 200:
-                self.stats.record(hex_digest, from_cache=size)
-            return response
+            return self._send_cached(hex_digest, digest)
 
         if size < self.min_blob_size or not registry.sidecars:
             return self._from_registry(registry, hex_digest, upstream_target, source="registry")
 
+        fetch = self._fetch_once(registry, repository, digest, hex_digest, size, authorization)
+        if self.stream and streamable(request.headers):
+            return self._stream(fetch, registry, repository, digest, hex_digest,
+                                upstream_target, authorization, started)
+
         try:
-            self._fetch_once(registry, repository, digest, hex_digest, size, authorization)
+            fetch.done.result()
         except P2PError as exc:
-            log.warning("P2P fetch of %s in %s failed, fetching it from %s instead: %s",
-                        digest, repository, registry.name, exc)
-            self.stats.record(hex_digest, fallbacks=1, fallback_reason=str(exc))
-            return self._from_registry(registry, hex_digest, upstream_target, source="fallback")
+            return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
 
         return self._send(hex_digest, digest)
+
+    def _stream(self, fetch, registry, repository, digest, hex_digest, upstream_target,
+                authorization, started):
+        """Respond 200 with the blob's bytes as its download delivers them."""
+        try:
+            download = fetch.torrent.result()
+            if download is None:
+                return self._send_cached(hex_digest, digest)
+
+            registry_range = RegistryRange(self.http, registry.url + upstream_target,
+                                           authorization, self.timeout)
+            stream = BlobStream(self.session, fetch, download, self.cache.data_path(hex_digest),
+                                hex_digest, registry_range, self.stats, started)
+            stream.open()
+        except P2PError as exc:
+            return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
+
+        response = Response(stream.body(), direct_passthrough=True,
+                            mimetype="application/octet-stream")
+        response.call_on_close(stream.close)
+        response.content_length = download.length
+        _set_blob_headers(response, digest)
+
+        return response
+
+    def _fall_back(self, registry, repository, digest, hex_digest, upstream_target, exc):
+        log.warning("P2P fetch of %s in %s failed, fetching it from %s instead: %s",
+                    digest, repository, registry.name, exc)
+        self.stats.record(hex_digest, fallbacks=1, fallback_reason=str(exc))
+
+        return self._from_registry(registry, hex_digest, upstream_target, source="fallback")
 
     def _authorize(self, registry, repository, digest, authorization):
         """HEAD the blob upstream with the client's credentials; its size, or None if refused."""
@@ -201,6 +265,13 @@ class BlobService:
         return pass_through(self.http, registry.url + upstream_target, self.timeout,
                             on_body_bytes=count, expected_digest=verify)
 
+    def _send_cached(self, hex_digest, digest):
+        response = self._send(hex_digest, digest)
+        if response.status_code == 200:
+            self.stats.record(hex_digest, from_cache=response.content_length)
+
+        return response
+
     def _send(self, hex_digest, digest):
         """Serve the GET from the cached blob, with the headers the registry sends.
 
@@ -213,11 +284,7 @@ class BlobService:
         response = Response(wrap_file(request.environ, blob), direct_passthrough=True,
                             mimetype="application/octet-stream")
         response.content_length = size
-        response.headers["Accept-Ranges"] = "bytes"
-        response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
-        response.headers["Docker-Content-Digest"] = digest
-        response.headers[API_VERSION_HEADER] = API_VERSION
-        response.set_etag(digest)
+        _set_blob_headers(response, digest)
 
         try:
             return response.make_conditional(request.environ, accept_ranges=True,
@@ -227,42 +294,55 @@ class BlobService:
             raise
 
     def _fetch_once(self, registry, repository, digest, hex_digest, size, authorization):
-        """Download a blob into the cache; concurrent requests for it share one download."""
+        """Return the Fetch of a blob; concurrent requests for it share one download.
+
+        The download runs in a thread of its own, so a client that goes
+        away does not stop it for other clients or for the cache.
+        """
         with self._lock:
-            shared = self._inflight.get(hex_digest)
-            if shared is None:
-                shared = concurrent.futures.Future()
-                self._inflight[hex_digest] = shared
-                owner = True
-            else:
-                owner = False
+            fetch = self._inflight.get(hex_digest)
+            if fetch is not None:
+                return fetch
+            fetch = Fetch()
+            self._inflight[hex_digest] = fetch
 
-        if not owner:
-            shared.result()
-            return
+        thread = threading.Thread(
+            target=self._run_fetch, name=f"fetch-{hex_digest[:12]}", daemon=True,
+            args=(fetch, logs.current_request_id(), registry, repository, digest, hex_digest,
+                  size, authorization))
+        thread.start()
 
+        return fetch
+
+    def _run_fetch(self, fetch, request_id, registry, repository, digest, hex_digest, size,
+                   authorization):
+        # The download's log lines carry the id of the request that started it.
+        logs.new_request_id(request_id)
         try:
             # Another request may have completed this blob between the cache
-            # check in get() and taking ownership here.
+            # check in get() and starting this download.
             if self.cache.load_info(hex_digest) is not None:
-                shared.set_result(True)
+                fetch.torrent.set_result(None)
+                fetch.done.set_result(True)
                 return
-            self._fetch(registry, repository, digest, hex_digest, size, authorization)
-            shared.set_result(True)
+            self._fetch(fetch, registry, repository, digest, hex_digest, size, authorization)
+            fetch.done.set_result(True)
+        except P2PError as exc:
+            log.warning("BitTorrent download of %s in %s failed: %s", digest, repository, exc)
+            fetch.fail(exc)
         except Exception as exc:
             # Any error on this path, expected or not, becomes a fallback
             # to the registry instead of a failed pull.
-            failure = exc if isinstance(exc, P2PError) else P2PError(f"{type(exc).__name__}: {exc}")
-            shared.set_exception(failure)
-            raise failure from exc
+            log.exception("download of %s in %s failed unexpectedly", digest, repository)
+            fetch.fail(P2PError(f"{type(exc).__name__}: {exc}"))
         except BaseException as exc:
-            shared.set_exception(P2PError(f"download interrupted: {type(exc).__name__}"))
+            fetch.fail(P2PError(f"download interrupted: {type(exc).__name__}"))
             raise
         finally:
             with self._lock:
                 del self._inflight[hex_digest]
 
-    def _fetch(self, registry, repository, digest, hex_digest, size, authorization):
+    def _fetch(self, fetch, registry, repository, digest, hex_digest, size, authorization):
         started = time.monotonic()
         raw = self._metainfo(registry, repository, digest, authorization)
         metainfo = torrent.parse_metainfo(raw, hex_digest, size)
@@ -279,6 +359,7 @@ class BlobService:
         download = None
         try:
             download = self.session.add_download(raw, save_path, size).result(30)
+            fetch.torrent.set_result(download)
             self._wait(download, digest)
             self._verify(self.cache.data_path(hex_digest), hex_digest)
             self.cache.write_info(hex_digest, torrent.build_info(hex_digest, size, metainfo.pieces))
@@ -344,3 +425,12 @@ class BlobService:
             self.session.remove(info_hash, delete_files=True).result(30)
         except (P2PError, concurrent.futures.TimeoutError) as exc:
             log.error("cannot remove torrent %s of %s: %s", info_hash, digest, exc)
+
+
+def _set_blob_headers(response, digest):
+    """Set the headers that distribution 2.8 sends with a blob it serves itself."""
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Cache-Control"] = BLOB_CACHE_CONTROL
+    response.headers["Docker-Content-Digest"] = digest
+    response.headers[API_VERSION_HEADER] = API_VERSION
+    response.set_etag(digest)

@@ -103,6 +103,7 @@ class SidecarService(_Service):
 
         ``sections`` adds config tables, such as {"notifications": {"secret": ...}},
         or keys to the service's own tables, such as {"tracker": {"origin_fanout": 4}}.
+        ``upload_rate_limit`` is the seeder's torrent.upload_rate_limit in bytes/s.
         """
         super().__init__(workdir, host, netns)
         storage = storage or {"filesystem": {"rootdirectory": str(storage_root)}}
@@ -110,7 +111,8 @@ class SidecarService(_Service):
         tables = {
             "storage": {"driver": driver},
             f"storage.{driver}": driver_options,
-            "torrent": {"listen": f"{host}:{self.torrent_port}"},
+            "torrent": {"listen": f"{host}:{self.torrent_port}",
+                        "upload_rate_limit": options.pop("upload_rate_limit", 0)},
             "tracker": {"interval": options.pop("tracker_interval", 10)},
         }
         top = {
@@ -138,7 +140,8 @@ class AgentService(_Service):
         """
         super().__init__(workdir, host, netns, python)
         p2p = {"stall_timeout": options.pop("stall_timeout", 20),
-               "min_blob_size": options.pop("min_blob_size", 1024 * 1024)}
+               "min_blob_size": options.pop("min_blob_size", 1024 * 1024),
+               "stream": options.pop("stream", True)}
         top = {
             "listen": f"{host}:{self.port}",
             "threads": 32,
