@@ -165,12 +165,46 @@ def render(record):
         f"of the blob files that libtorrent maps, which the kernel reclaims when it needs to."
     )
 
-    plots = (f"![completion time against N](benchmarks/{record['scenario']}-completion.png)\n"
-             f"![registry host egress against N](benchmarks/{record['scenario']}-egress.png)")
+    parts = [render_environment(record), setup, table, notes]
+    if len(variants) > 1:
+        parts.append(variant_table(runs))
+    parts.append("\n".join(goal_lines(runs)))
+    if _has_plots(runs):
+        parts.append(f"![completion time against N](benchmarks/{record['scenario']}-completion.png)\n"
+                     f"![registry host egress against N](benchmarks/{record['scenario']}-egress.png)")
 
-    goals = "\n".join(goal_lines(runs))
+    return "\n\n".join(part for part in parts if part)
 
-    return "\n\n".join([render_environment(record), setup, table, notes, goals, plots])
+
+def _has_plots(runs):
+    """Plots against N need at least two agent counts."""
+    return len({run["agents"] for run in runs}) > 1
+
+
+def variant_table(runs):
+    """Return a table of each variant's medians next to the first variant's, per mode and N."""
+    baseline = runs[0].get("variant", "default")
+    rows = []
+    keys = sorted({(run["mode"], run["agents"]) for run in runs},
+                  key=lambda key: (key[1], MODE_ORDER.index(key[0])))
+    labels = list(dict.fromkeys(run.get("variant", "default") for run in runs))
+    for mode, count in keys:
+        def median_of(label, field):
+            return _median([run[field] for run in runs if run["mode"] == mode
+                            and run["agents"] == count and run.get("variant", "default") == label])
+
+        reference = median_of(baseline, "completion_multiple")
+        for label in labels:
+            completion = median_of(label, "completion_multiple")
+            if completion is None:
+                continue
+            change = "" if label == baseline or not reference else f"{100 * (completion / reference - 1):+.0f}%"
+            rows.append([label, mode, count, f"{completion:.2f}", change,
+                         f"{median_of(label, 'registry_egress_multiple'):.2f}",
+                         f"{median_of(label, 'first_byte_p50_seconds'):.2f}"])
+
+    return markdown_table(["variant", "mode", "N", "all done (x S/B)", f"vs {baseline}",
+                           "registry sent (x S)", "first byte p50 (s)"], rows, align="llrrrrr")
 
 
 def plot(record, directory):
@@ -182,9 +216,11 @@ def plot(record, directory):
     except ImportError:
         raise BenchError("the plots need matplotlib: apt-get install python3-matplotlib") from None
 
+    runs = record["runs"]
+    if not _has_plots(runs):
+        return []
     out = Path(directory) / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    runs = record["runs"]
     figures = [
         ("completion", "completion_multiple", "time until every agent is done (x S/B)",
          [(COMPLETION_GOAL, "goal for P2P")]),

@@ -132,7 +132,8 @@ def test_goals_state_met_and_missed_with_figures():
 
 def test_render_flags_cpu_bound_runs_and_links_plots():
     block = fanout_report.render(_record([_run("cold", 32, 1.2, 1.1, cpu=0.95),
-                                          _run("direct", 32, 32.0, 32.0, cpu=0.3)]))
+                                          _run("direct", 32, 32.0, 32.0, cpu=0.3),
+                                          _run("direct", 1, 1.0, 1.0, cpu=0.3)]))
 
     assert "(CPU-bound)" in block
     assert block.count("(CPU-bound)") == 1
@@ -188,3 +189,21 @@ def test_series_names_carry_the_variant_only_when_there_are_several():
 
     assert fanout_report.series(one[0], one) == "cold"
     assert [fanout_report.series(run, two) for run in two] == ["default cold", "utp cold"]
+
+
+def test_variant_table_compares_each_variant_with_the_first():
+    runs = [dict(_run("cold", 8, 2.0, 1.0), variant="default"),
+            dict(_run("cold", 8, 1.5, 1.4), variant="super-seeding"),
+            dict(_run("cold", 8, 3.0, 1.0), variant="utp")]
+    table = fanout_report.variant_table(runs)
+
+    assert "| super-seeding | cold | 8 | 1.50 | -25% | 1.40 |" in table
+    assert "| utp | cold | 8 | 3.00 | +50% | 1.00 |" in table
+    assert "| default | cold | 8 | 2.00 |  | 1.00 |" in table
+
+
+def test_a_single_agent_count_gets_no_plots(tmp_path):
+    record = _record([_run("cold", 8, 2.0, 1.0)])
+
+    assert fanout_report.plot(record, tmp_path) == []
+    assert ".png" not in fanout_report.render(record)
