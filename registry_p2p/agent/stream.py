@@ -31,9 +31,16 @@ log = logging.getLogger(__name__)
 
 # Bytes of pieces ahead of a reader that are read into memory before the
 # client takes them, and bytes of pieces ahead that get deadlines. Reads
-# bound the memory of one stream. Deadlines cost no memory, but while any
-# piece has one, libtorrent keeps at most one request per peer outside the
-# time-critical pieces (request_a_block() in libtorrent 2.0).
+# bound the piece data that one stream holds. Deadlines cost no memory,
+# but while any piece has one, libtorrent keeps at most one request per
+# peer outside the time-critical pieces (request_a_block() in libtorrent
+# 2.0).
+#
+# NOTE: libtorrent reads pieces on its disk threads (aio_threads, 10 by
+# default in 2.0.8 and 2.1.1), and glibc keeps freed buffers in per-thread
+# arenas. Measured on a 2-core VM over loopback, an agent streaming a
+# 1 GiB blob peaked at about 110 MiB more anonymous memory than one that
+# waited for the whole download.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 DEADLINE_WINDOW_BYTES = 64 * 1024 * 1024
 MIN_READ_AHEAD_PIECES = 2
