@@ -389,6 +389,12 @@ AGENT_OPTIONS = (
            "is verified. If the download fails after part of the blob was sent, "
            "the rest comes from the registry. false waits for the whole "
            "download first."),
+    Option("p2p.stream_deadline_bytes", non_negative_int, 0,
+           "Bytes ahead of a streaming client whose pieces get libtorrent "
+           "deadlines, so they are fetched first; the piece the client waits "
+           "for always gets one. While a piece has a deadline, libtorrent keeps "
+           "at most one other request per peer, which slows a swarm down: see "
+           "docs/benchmarks.md."),
     Option("upstream_timeout", positive_seconds, 30.0,
            "Seconds to wait for a registry or sidecar to connect or send data."),
     Option("log_level", LOG_LEVELS, "info", "Log level."),

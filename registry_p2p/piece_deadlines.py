@@ -20,8 +20,9 @@ class PieceDeadlines:
 
     A reader is any hashable token. Its window is a range of pieces with
     deadlines in index order. A read is a Future that receives a piece's
-    bytes once libtorrent reads it, which the alert flag of the piece's
-    deadline requests. After each change, ``changes()`` returns the pieces
+    bytes once libtorrent reads it: through the alert flag of the piece's
+    deadline inside a window, or once the piece has passed its hash check
+    outside every window. After each change, ``changes()`` returns the pieces
     whose merged state libtorrent must be given.
     """
 
@@ -108,16 +109,17 @@ class PieceDeadlines:
     def state(self, piece):
         """Return ``(deadline_ms, read)`` for ``piece``, or None when no reader wants it.
 
-        The deadline is the earliest that any reader requested (0 for a
-        read outside every window), and ``read`` is whether any reader
-        waits for the piece's bytes.
+        The deadline is the earliest that any reader requested, or None for
+        a read outside every window: such a piece is read once it has
+        arrived in the download's own order, without a deadline. ``read``
+        is whether any reader waits for the piece's bytes.
         """
         deadlines = [window[piece] for window in self._windows.values() if piece in window]
         read = piece in self._reads
         if not deadlines and not read:
             return None
 
-        return min(deadlines, default=0), read
+        return min(deadlines, default=None), read
 
     def changes(self):
         """Return ``[(piece, state)]`` to apply, in piece order.

@@ -152,6 +152,7 @@ class TorrentSession:
             lt.block_finished_alert: self._on_block_finished,
             lt.alerts_dropped_alert: self._on_alerts_dropped,
             lt.read_piece_alert: self._on_read_piece,
+            lt.piece_finished_alert: self._on_piece_finished,
         }
 
     # Lifecycle
@@ -298,7 +299,8 @@ class TorrentSession:
                            | lt.alert.category_t.storage_notification
                            | lt.alert.category_t.tracker_notification
                            | lt.alert.category_t.stats_notification
-                           | lt.alert.category_t.block_progress_notification),
+                           | lt.alert.category_t.block_progress_notification
+                           | lt.alert.category_t.piece_progress_notification),
         }
 
     # Work submitted by other threads
@@ -474,7 +476,15 @@ class TorrentSession:
                 continue
 
             deadline_ms, read = state
-            if read:
+            if deadline_ms is None:
+                # A read outside every window: no deadline, because while
+                # any piece has one libtorrent keeps at most one other
+                # request per peer. The piece is read once it has passed
+                # its hash check (_on_piece_finished).
+                handle.reset_piece_deadline(piece)
+                if handle.have_piece(piece):
+                    handle.read_piece(piece)
+            elif read:
                 handle.set_piece_deadline(piece, deadline_ms,
                                           lt.deadline_flags_t.alert_when_available)
             else:
@@ -549,6 +559,16 @@ class TorrentSession:
         size = block_size(download.length, download.piece_length,
                           alert.piece_index, alert.block_index)
         download.bytes_by_client[client] = download.bytes_by_client.get(client, 0) + size
+
+    def _on_piece_finished(self, alert):
+        """Read a piece that passed its hash check if a reader waits for it without a deadline."""
+        table = self._piece_deadlines.get(str(alert.handle.info_hash()))
+        if table is None:
+            return
+
+        state = table.state(alert.piece_index)
+        if state is not None and state[0] is None and state[1]:
+            alert.handle.read_piece(alert.piece_index)
 
     def _on_read_piece(self, alert):
         info_hash = str(alert.handle.info_hash())

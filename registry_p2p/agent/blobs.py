@@ -150,6 +150,7 @@ class BlobService:
         self.stall_timeout = config["p2p.stall_timeout"]
         self.min_blob_size = config["p2p.min_blob_size"]
         self.stream = config["p2p.stream"]
+        self.stream_deadline_bytes = config["p2p.stream_deadline_bytes"]
         self.stats = BlobStats()
         self._lock = threading.Lock()
         self._inflight = {}
@@ -212,7 +213,8 @@ class BlobService:
             registry_range = RegistryRange(self.http, registry.url + upstream_target,
                                            authorization, self.timeout)
             stream = BlobStream(self.session, fetch, download, self.cache.data_path(hex_digest),
-                                hex_digest, registry_range, self.stats, started)
+                                hex_digest, registry_range, self.stats, started,
+                                self.stream_deadline_bytes)
             stream.open()
         except P2PError as exc:
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)

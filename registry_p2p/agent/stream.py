@@ -42,9 +42,7 @@ log = logging.getLogger(__name__)
 # 1 GiB blob peaked at about 110 MiB more anonymous memory than one that
 # waited for the whole download.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
-DEADLINE_WINDOW_BYTES = 64 * 1024 * 1024
 MIN_READ_AHEAD_PIECES = 2
-MIN_DEADLINE_PIECES = 4
 FILE_CHUNK = 1024 * 1024
 # Seconds between checks of the download while a reader waits for a piece.
 WAIT_INTERVAL = 1.0
@@ -59,6 +57,10 @@ class PieceWindow:
 
     length: int
     piece_length: int
+    # Bytes ahead of the reader whose pieces get deadlines once the client has
+    # its first bytes (p2p.stream_deadline_bytes). Until then the first piece
+    # always gets one.
+    deadline_bytes: int = 0
 
     @property
     def count(self):
@@ -70,8 +72,7 @@ class PieceWindow:
 
     @property
     def deadline_pieces(self):
-        return max(MIN_DEADLINE_PIECES, DEADLINE_WINDOW_BYTES // self.piece_length,
-                   self.read_pieces)
+        return self.deadline_bytes // self.piece_length
 
     def piece_at(self, offset):
         """Return the index of the piece that contains byte ``offset``."""
@@ -83,9 +84,15 @@ class PieceWindow:
         """Return the size of ``piece``, which is shorter for the last piece of most blobs."""
         return min(self.piece_length, self.length - piece * self.piece_length)
 
-    def deadline_end(self, position):
-        """Return the index after the last piece with a deadline for a reader at ``position``."""
-        return min(position + self.deadline_pieces, self.count)
+    def deadline_end(self, position, first=False):
+        """Return the index after the last piece with a deadline for a reader at ``position``.
+
+        ``first`` is true while the client waits for its first bytes: that
+        piece gets a deadline whatever the window, so the client's first
+        byte does not wait for the rest of the download.
+        """
+        pieces = max(1, self.deadline_pieces) if first else self.deadline_pieces
+        return min(position + pieces, self.count)
 
     def read_end(self, position):
         """Return the index after the last piece read ahead for a reader at ``position``."""
@@ -195,8 +202,12 @@ class BlobStream:
     """
 
     def __init__(self, session, fetch, download, data_path, hex_digest, registry_range, stats,
-                 started):
-        """``started`` is the request's start on the ``time.monotonic()`` clock."""
+                 started, deadline_bytes=0):
+        """``started`` is the request's start on the ``time.monotonic()`` clock.
+
+        ``deadline_bytes`` is how far ahead of the client the pieces get
+        deadlines (p2p.stream_deadline_bytes).
+        """
         self.session = session
         self.fetch = fetch
         self.download = download
@@ -205,7 +216,7 @@ class BlobStream:
         self.registry_range = registry_range
         self.stats = stats
         self.started = started
-        self.window = PieceWindow(download.length, download.piece_length)
+        self.window = PieceWindow(download.length, download.piece_length, deadline_bytes)
         self._check = DigestCheck(hex_digest, download.length)
         self._reader = object()
         self._pending = {}
@@ -273,7 +284,7 @@ class BlobStream:
 
     def _from_torrent(self, offset):
         """Yield whole pieces from ``offset`` until the blob is cached, or raise P2PError."""
-        position = self.window.piece_at(offset)
+        position = start = self.window.piece_at(offset)
         while position < self.window.count:
             if self._cached():
                 return
@@ -282,7 +293,7 @@ class BlobStream:
                       if piece not in self._pending]
             self._pending.update(self.session.read_pieces(
                 self.download.info_hash, self._reader, position,
-                self.window.deadline_end(position), wanted))
+                self.window.deadline_end(position, first=position == start), wanted))
             data = self._wait(self._pending[position])
             if data is None:
                 return

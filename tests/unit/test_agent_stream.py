@@ -4,8 +4,7 @@ import hashlib
 
 import pytest
 
-from registry_p2p.agent.stream import (DEADLINE_WINDOW_BYTES, READ_AHEAD_BYTES, DigestCheck,
-                                       PieceWindow)
+from registry_p2p.agent.stream import READ_AHEAD_BYTES, DigestCheck, PieceWindow
 from registry_p2p.proxy import BodyDigestMismatch
 from registry_p2p.torrent import piece_size
 
@@ -36,11 +35,26 @@ def test_piece_at_outside_blob(offset):
 
 
 def test_window_ends_clamped_to_blob():
-    window = PieceWindow(length=20 * MIB, piece_length=MIB)
+    window = PieceWindow(length=20 * MIB, piece_length=MIB, deadline_bytes=64 * MIB)
 
     assert window.read_end(0) == READ_AHEAD_BYTES // MIB
     assert window.deadline_end(0) == 20
     assert window.read_end(18) == 20
+
+
+@pytest.mark.parametrize("deadline_bytes, pieces", [(0, 0), (MIB - 1, 0), (4 * MIB, 4), (5 * MIB + 1, 5)])
+def test_deadlines_cover_the_configured_bytes(deadline_bytes, pieces):
+    window = PieceWindow(length=20 * MIB, piece_length=MIB, deadline_bytes=deadline_bytes)
+
+    assert window.deadline_end(3) == 3 + pieces
+    assert window.deadline_end(19) == min(20, 19 + pieces)
+
+
+@pytest.mark.parametrize("deadline_bytes", [0, 4 * MIB])
+def test_the_first_piece_always_gets_a_deadline(deadline_bytes):
+    window = PieceWindow(length=20 * MIB, piece_length=MIB, deadline_bytes=deadline_bytes)
+
+    assert window.deadline_end(0, first=True) == max(1, deadline_bytes // MIB)
 
 
 @pytest.mark.parametrize("length", [MIB, 512 * MIB, 4 * 1024 * MIB, 64 * 1024 * MIB])
@@ -50,9 +64,6 @@ def test_window_memory_bounded(length):
     # Pieces read ahead are held in memory, and one more is being sent.
     assert (window.read_pieces + 1) * window.piece_length <= 48 * MIB
     assert window.read_pieces >= 2
-    assert window.deadline_pieces >= window.read_pieces
-    assert window.deadline_pieces * window.piece_length >= min(DEADLINE_WINDOW_BYTES,
-                                                                4 * window.piece_length)
 
 
 def test_digest_check_passes_matching_body():

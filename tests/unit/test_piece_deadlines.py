@@ -90,12 +90,12 @@ def test_take_reads_returns_every_waiter():
     assert table.changes() == [(1, (DEADLINE_STEP_MS, False))]
 
 
-def test_read_outside_window_deadline_zero():
+def test_read_outside_window_has_no_deadline():
     table = PieceDeadlines()
 
     table.add_read("a", 7, concurrent.futures.Future())
 
-    assert table.changes() == [(7, (0, True))]
+    assert table.changes() == [(7, (None, True))]
 
 
 def test_release_returns_own_reads():
