@@ -51,11 +51,15 @@ def shaping_commands(interface, rate_bits, management_address, upload):
     """Return the tc argument lists that limit egress of ``interface`` to ``rate_bits`` bits/s.
 
     An HTB class at the rate holds two classes: one for the benchmark's
-    traffic, with a byte-limited FIFO, and one served first for ARP and for
-    traffic with the root namespace's ``management_address`` (its
-    destination on a host's own link, ``upload``; its source on a switch
-    port). Without it a full data queue drops ARP replies, and hosts lose
-    sight of each other for seconds. The class quantum is set because
+    traffic, with a byte-limited FIFO, and one served first for ARP, for
+    TCP acknowledgements without data and for traffic with the root
+    namespace's ``management_address`` (its destination on a host's own
+    link, ``upload``; its source on a switch port). Without it a full data
+    queue drops ARP replies, so hosts lose sight of each other for
+    seconds, and delays the acknowledgements of a host's downloads behind
+    its uploads, which slows its downloads several times over. fq_codel,
+    the default qdisc of current distributions, also serves such small
+    flows first; it is not available in every kernel. The class quantum is set because
     HTB's default (rate / 10) exceeds its own limit at these rates.
     """
     if rate_bits <= 0:
@@ -80,6 +84,13 @@ def shaping_commands(interface, rate_bits, management_address, upload):
          "u32", "match", "u32", "0", "0", "flowid", "1:20"],
         ["filter", "add", "dev", interface, "parent", "1:", "protocol", "ip", "prio", "2",
          "u32", "match", "ip", field, f"{management_address}/32", "flowid", "1:20"],
+        # A TCP segment with only the ACK flag and under 64 bytes in all: an
+        # IPv4 header of 20 bytes (the first byte is 0x45), a total length
+        # below 64, and the flags byte at offset 33 equal to 0x10.
+        ["filter", "add", "dev", interface, "parent", "1:", "protocol", "ip", "prio", "3",
+         "u32", "match", "ip", "protocol", "6", "0xff", "match", "u8", "0x05", "0x0f", "at", "0",
+         "match", "u16", "0x0000", "0xffc0", "at", "2", "match", "u8", "0x10", "0xff", "at", "33",
+         "flowid", "1:20"],
     ]
 
 

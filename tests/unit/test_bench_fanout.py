@@ -30,12 +30,16 @@ def test_shaping_limits_the_link_and_puts_arp_and_management_first():
     assert commands[4].endswith(f"bfifo limit {cluster.queue_bytes(50_000_000)}")
     assert "protocol arp" in commands[5] and commands[5].endswith("flowid 1:20")
     assert "match ip dst 10.216.1.254/32 flowid 1:20" in commands[6]
+    assert "match ip protocol 6 0xff" in commands[7]
+    assert "match u8 0x10 0xff at 33" in commands[7]
+    assert commands[7].endswith("flowid 1:20")
 
 
 def test_shaping_on_a_switch_port_matches_management_by_source():
     commands = cluster.shaping_commands("p3", 10_000_000, "10.216.1.254", upload=False)
 
-    assert "src" in commands[-1] and "1000000bit" in " ".join(commands[3])
+    assert "src" in commands[6]
+    assert "1000000bit" in " ".join(commands[3])
 
 
 def test_queue_holds_fifty_milliseconds_but_never_less_than_the_minimum():
