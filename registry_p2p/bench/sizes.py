@@ -1,5 +1,6 @@
 """Byte sizes ("1GiB", "20MiB", "500MB") and link rates ("50Mbit") written on the command line."""
 
+import argparse
 import decimal
 import re
 
@@ -80,3 +81,19 @@ def parse_rate(text):
         raise ValueError(f"invalid rate {text!r}: must be at least 1 bit/s")
 
     return int(rate)
+
+
+def size_argument(text):
+    """Parse a size for argparse, which reports the ValueError's message as a usage error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rate_argument(text):
+    """Parse a link rate for argparse, which reports the ValueError's message as a usage error."""
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -12,7 +12,6 @@ throughput, latency percentiles, errors and the CPU seconds of the
 generators, the gunicorn processes and the seeder.
 """
 
-import argparse
 import datetime
 import json
 import logging
@@ -31,7 +30,7 @@ from registry_p2p import config as configuration, torrent
 from registry_p2p.bench import BenchError, announce_load, report, results, running
 from registry_p2p.bench.machine import describe_machine, software_versions, source_revision
 from registry_p2p.bench.measure import SATURATED_BUSY_FRACTION, measure, percentile, process_cpu_seconds
-from registry_p2p.bench.sizes import format_size, parse_size
+from registry_p2p.bench.sizes import format_size, size_argument
 from registry_p2p.bench import tracker_report
 from registry_p2p.bench.tracker_report import run_summary
 from registry_p2p.sandbox.image import RandomLayer, build_image, push_image
@@ -465,13 +464,6 @@ def _from_arguments(args):
         return 2
 
 
-def _size_argument(text):
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_parser(scenarios):
     """Add ``tracker`` to the ``registry-p2p bench`` subcommands."""
     defaults = configuration.load(configuration.SIDECAR_OPTIONS)
@@ -497,7 +489,7 @@ def add_parser(scenarios):
     tracker.add_argument("--timeout", type=float, default=10.0,
                          help="seconds to wait for one reply before counting an error "
                               "(default 10)")
-    tracker.add_argument("--blob-size", type=_size_argument, default="16KiB",
+    tracker.add_argument("--blob-size", type=size_argument, default="16KiB",
                          help="size of the random file in each layer (default 16KiB)")
     tracker.add_argument("--workers", type=int, default=defaults["workers"],
                          help=f"the sidecar's gunicorn workers (default {defaults['workers']}, "
