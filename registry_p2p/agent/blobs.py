@@ -360,7 +360,8 @@ class BlobService:
         self.cache.data_path(hex_digest).unlink(missing_ok=True)
         download = None
         try:
-            download = self.session.add_download(raw, save_path, size).result(30)
+            download = self.session.add_download(raw, save_path, size,
+                                                 first_piece_first=self.stream).result(30)
             fetch.torrent.set_result(download)
             self._wait(download, digest)
             self._verify(self.cache.data_path(hex_digest), hex_digest)

@@ -344,9 +344,10 @@ class FanoutBench:
                 "--stats-url", f"{agent.url}/p2p/v1/stats",
                 "--digest", self.digest, "--start-file", str(start_file),
                 "--progress", str(progress), "--result", str(result)]
-        process = subprocess.Popen(argv, env=python_environment(), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=open(files / f"agent{index}.err", "wb"),
-                                   start_new_session=True)
+        with open(files / f"agent{index}.err", "wb") as errors:
+            process = subprocess.Popen(argv, env=python_environment(), stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=errors,
+                                       start_new_session=True)
         return process, progress, result
 
     def _measure(self, run_dir, mode, hosts, agents, sidecar):
@@ -366,7 +367,7 @@ class FanoutBench:
         groups = {"agent": [agent.process.pid for agent in agents]}
         if sidecar is not None:
             groups["sidecar"] = [sidecar.process.pid]
-        with Sampler(groups) as cpu:
+        with Sampler(groups) as sampler:
             started = time.time()
             start_files[0].touch()
             deadline = time.monotonic() + timeout
@@ -397,11 +398,11 @@ class FanoutBench:
                                              for agent in agents)
         record["sidecar_peak_rss_bytes"] = (group_memory(sidecar.process.pid, "VmHWM:")
                                             if sidecar is not None else None)
-        record["agent_peak_anon_bytes"] = cpu.peak_anon["agent"]
-        record["sidecar_peak_anon_bytes"] = cpu.peak_anon.get("sidecar")
-        record["machine_cpu_busy"] = round(cpu.busy, 3)
-        record["machine_cpu_busy_max_sample"] = round(max(cpu.samples, default=cpu.busy), 3)
-        record["cpu_saturated"] = cpu.busy >= SATURATED_BUSY_FRACTION
+        record["agent_peak_anon_bytes"] = sampler.peak_anon["agent"]
+        record["sidecar_peak_anon_bytes"] = sampler.peak_anon.get("sidecar")
+        record["machine_cpu_busy"] = round(sampler.busy, 3)
+        record["machine_cpu_busy_max_sample"] = round(max(sampler.samples, default=sampler.busy), 3)
+        record["cpu_saturated"] = sampler.busy >= SATURATED_BUSY_FRACTION
         if sidecar is not None:
             record["sidecar"] = {key: value for key, value in self._sidecar_stats(sidecar).items()
                                  if isinstance(value, (int, float))}

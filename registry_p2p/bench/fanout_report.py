@@ -18,6 +18,8 @@ P2P_MODES = ("cold", "preheated", "late")
 COMPLETION_GOAL = 1.3
 EGRESS_GOAL = 1.5
 SINGLE_NODE_GOAL = 1.1
+FIRST_BYTE_GOAL_SECONDS = 1.0
+AGENT_MEMORY_GOAL_BYTES = 150 * 10 ** 6
 
 
 def _median(values):
@@ -57,6 +59,14 @@ def _memory(run, role):
     return f"{_mib(peak)} ({_mib(anonymous)})" if anonymous else _mib(peak)
 
 
+def _upload_spread(run):
+    """Return the least and the most that one agent's link sent, in multiples of S."""
+    sent = run.get("agent_sent_bytes") or []
+    if not sent:
+        return "-"
+    return f"{min(sent) / run['size_bytes']:.2f} / {max(sent) / run['size_bytes']:.2f}"
+
+
 def _peer_share(run):
     """Share of the blob bytes that agents got from other agents, from the agents' own counts."""
     total = run["agents"] * run["size_bytes"]
@@ -74,10 +84,44 @@ def _run_row(run, runs):
         f"{run['first_byte_p50_seconds']:.2f} / {run['first_byte_max_seconds']:.2f}",
         f"{run['registry_egress_multiple']:.2f}",
         f"{100 * _peer_share(run):.0f}%",
+        _upload_spread(run),
         run["fallbacks"],
         f"{_memory(run, 'agent')} / {_memory(run, 'sidecar')}",
         f"{100 * run['machine_cpu_busy']:.0f}%{flag}",
     ]
+
+
+def _met(holds):
+    return "met" if holds else "missed"
+
+
+def first_byte_lines(runs):
+    """Return a sentence per P2P run on the first-byte goal, and on bytes arriving before the end."""
+    lines = []
+    for run in runs:
+        if run["mode"] == "direct":
+            continue
+        first = run["first_byte_max_seconds"]
+        share = first / run["completion_seconds"] if run["completion_seconds"] else 0.0
+        lines.append(f"- {series(run, runs)}, N = {run['agents']}: first byte after {first:.2f} s at "
+                     f"the latest (goal {FIRST_BYTE_GOAL_SECONDS:g} s: "
+                     f"{_met(first <= FIRST_BYTE_GOAL_SECONDS)}), at {100 * share:.0f}% of the "
+                     f"time the whole blob took.")
+    return lines
+
+
+def memory_lines(runs):
+    """Return a sentence per P2P run on the agents' memory goal (150 MB), for RSS and anonymous memory."""
+    lines = []
+    for run in runs:
+        if run["mode"] == "direct":
+            continue
+        peak, anonymous = run["agent_peak_rss_bytes"], run.get("agent_peak_anon_bytes") or 0
+        lines.append(f"- {series(run, runs)}: largest agent process peaked at {peak / 1e6:.0f} MB "
+                     f"RSS and {anonymous / 1e6:.0f} MB anonymous memory (goal 150 MB: RSS "
+                     f"{_met(peak <= AGENT_MEMORY_GOAL_BYTES)}, anonymous "
+                     f"{_met(anonymous <= AGENT_MEMORY_GOAL_BYTES)}).")
+    return lines
 
 
 def goal_lines(runs):
@@ -147,11 +191,11 @@ def render(record):
 
     table = markdown_table(
         ["series", "N", "all done", "x S/B", "p50 / p99 (x S/B)", "first byte p50 / max (s)",
-         "registry sent (x S)", "from peers", "fallbacks", "RSS (anon) agent / sidecar, MiB",
+         "registry sent (x S)", "from peers", "agents sent min / max (x S)", "fallbacks", "RSS (anon) agent / sidecar, MiB",
          "CPU busy"],
         [_run_row(run, runs) for run in sorted(runs, key=lambda run: (
             run["agents"], run.get("variant", ""), MODE_ORDER.index(run["mode"])))],
-        align="lrrrrrrrrrr")
+        align="lrrrrrrrrrrr")
 
     cpu_bound = sum(1 for run in runs if run["cpu_saturated"])
     notes = (
@@ -159,7 +203,8 @@ def render(record):
         f"marked CPU-bound: {cpu_bound} of {len(runs)}. Their times say more about this "
         f"machine than about the network. \"from peers\" is the share of all agents' blob bytes "
         f"that came from other agents, as the agents counted them; the rest came from the "
-        f"sidecar's seeder or, in direct mode, the registry. Memory is that of the largest "
+        f"sidecar's seeder or, in direct mode, the registry. \"agents sent\" is what the "
+        f"least and the most busy agent link carried out, headers included. Memory is that of the largest "
         f"process of any agent and of the sidecar: peak RSS (VmHWM), and in brackets the "
         f"peak of its anonymous memory (RssAnon, sampled every 0.5 s). RSS also counts pages "
         f"of the blob files that libtorrent maps, which the kernel reclaims when it needs to."
@@ -168,7 +213,9 @@ def render(record):
     parts = [render_environment(record), setup, table, notes]
     if len(variants) > 1:
         parts.append(variant_table(runs))
-    parts.append("\n".join(goal_lines(runs)))
+    goals = {"fanout-first-byte": first_byte_lines,
+             "fanout-large": memory_lines}.get(record["scenario"], goal_lines)
+    parts.append("\n".join(goals(runs)))
     if _has_plots(runs):
         parts.append(f"![completion time against N](benchmarks/{record['scenario']}-completion.png)\n"
                      f"![registry host egress against N](benchmarks/{record['scenario']}-egress.png)")

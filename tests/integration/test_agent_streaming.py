@@ -220,8 +220,11 @@ def test_only_client_disconnects(make_stack, stream_image):
 
 
 def test_stall_completes_from_registry(make_stack, stream_image, http):
+    # Deadlines on the whole layer make the pieces arrive in order, so the
+    # download is far from complete when the client has its first pieces.
     stack = _start(make_stack, stream_image,
-                   sidecar_options={"upload_rate_limit": SLOW_RATE_LIMIT}, stall_timeout=4)
+                   sidecar_options={"upload_rate_limit": SLOW_RATE_LIMIT}, stall_timeout=4,
+                   stream_deadline_bytes=64 * CHUNK)
     layer, hex_digest = _layer(stream_image)
     agent = stack.agents[0]
 

@@ -102,6 +102,7 @@ def _run(mode, agents, completion, egress, cpu=0.5, size=128 * MIB, rate=50_000_
         "p50_multiple": completion, "p99_multiple": completion,
         "first_byte_p50_seconds": 0.2, "first_byte_max_seconds": 0.3,
         "registry_egress_multiple": egress, "from_peers_bytes": [size // 2] * agents,
+        "agent_sent_bytes": [0, size // 2, 2 * size][:agents] or [0],
         "fallbacks": 0, "agent_peak_rss_bytes": 90 * MIB, "sidecar_peak_rss_bytes": None,
         "agent_peak_anon_bytes": 40 * MIB, "sidecar_peak_anon_bytes": None,
         "machine_cpu_busy": cpu, "cpu_saturated": cpu >= 0.9,
@@ -144,6 +145,7 @@ def test_render_flags_cpu_bound_runs_and_links_plots():
     assert "benchmarks/fanout-completion.png" in block
     assert "Lower bound S/B = 21.5 s" in block
     assert "| 90 (40) / - |" in block
+    assert "| 0.00 / 2.00 |" in block
 
 
 def _png_size(path):
@@ -211,3 +213,20 @@ def test_a_single_agent_count_gets_no_plots(tmp_path):
 
     assert fanout_report.plot(record, tmp_path) == []
     assert ".png" not in fanout_report.render(record)
+
+
+def test_first_byte_record_states_the_first_byte_goal():
+    record = dict(_record([_run("direct", 1, 1.0, 1.0), _run("preheated", 1, 1.2, 1.0)]),
+                  scenario="fanout-first-byte")
+    block = fanout_report.render(record)
+
+    assert "preheated, N = 1: first byte after 0.30 s at the latest (goal 1 s: met)" in block
+    assert "goal 1.3" not in block
+
+
+def test_large_record_states_the_memory_goal():
+    record = dict(_record([_run("preheated", 2, 1.0, 1.0)]), scenario="fanout-large")
+    block = fanout_report.render(record)
+
+    assert "peaked at 94 MB RSS and 42 MB anonymous memory" in block
+    assert "RSS met, anonymous met" in block
