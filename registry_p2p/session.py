@@ -298,9 +298,9 @@ class TorrentSession:
             # 0 means unlimited.
             "upload_rate_limit": self.upload_rate_limit,
             # glibc keeps an arena per allocating thread, so each disk thread
-            # keeps freed piece buffers. With 4 instead of 10, an agent
-            # pulling a 4 GiB blob held 129 instead of 167 MB of anonymous
-            # memory (docs/benchmarks.md). The seeder keeps the default.
+            # keeps freed piece buffers. Agents with 4 instead of 10 hold less
+            # anonymous memory at the same speed (the fanout-large block of
+            # docs/benchmarks.md). The seeder keeps libtorrent's default.
             **({"aio_threads": AGENT_DISK_THREADS} if self.role == "A" else {}),
             "alert_mask": (lt.alert.category_t.error_notification
                            | lt.alert.category_t.status_notification
