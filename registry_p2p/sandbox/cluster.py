@@ -8,9 +8,9 @@ Layout, for a cluster with suffix ``<s>``::
 
 Each host's ``eth0`` is shaped on egress (the host's upload) and the
 switch's port ``p<i>`` on egress (the host's download), both at the same
-rate with HTB (see shaping_commands()). The root namespace joins the bridge through an
-unshaped management link, so that the benchmark can reach every host's HTTP
-ports; its traffic is health checks and statistics. The subnet is a free /24
+rate with HTB (see shaping_commands()). The root namespace joins the
+bridge through an unshaped management link, so that the benchmark can
+reach every host's HTTP ports for health checks. The subnet is a free /24
 of CLUSTER_BLOCK, which overlaps no route of the root namespace.
 """
 
