@@ -40,6 +40,7 @@ def _layer(image):
 
 
 def _start(make_stack, image, sidecar_options=None, **agent_options):
+    agent_options.setdefault("stream", True)
     stack = make_stack(agent_count=1, sidecar_options=sidecar_options,
                        agent_options=agent_options)
     push_image(image, f"{stack.registry.hostport}/{REPOSITORY}:v1")

@@ -43,13 +43,13 @@ def test_bench_fanout_records_direct_and_p2p_runs(tmp_path, short_tmpdir):
 
     result = subprocess.run(
         [sys.executable, "-m", "registry_p2p", "bench", "fanout", "--size", "6MiB",
-         "--rate", "200Mbit", "--agents", str(AGENTS), "--modes", "direct,cold",
+         "--rate", "200Mbit", "--agents", f"1,{AGENTS}", "--modes", "direct,cold",
          "--workdir", str(short_tmpdir / "work"), "--output", str(output)],
         capture_output=True, text=True, env=dict(os.environ), timeout=600, check=False)
 
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads(output.read_text())["scenarios"]["fanout"]
-    runs = {run["mode"]: run for run in record["runs"]}
+    runs = {run["mode"]: run for run in record["runs"] if run["agents"] == AGENTS}
     assert set(runs) == {"direct", "cold"}
 
     direct, cold = runs["direct"], runs["cold"]
