@@ -131,7 +131,7 @@ def write_blob(storage_root, repository, size, seed=0):
     """Write ``size`` random bytes as a blob of ``repository`` in the registry's filesystem layout.
 
     Returns the blob's digest. The bytes go to a temporary file first and
-    are moved into place once their sha256 is known; then the repository's
+    are moved into place once their sha256 is known. Then the repository's
     layer link is written, as the registry does on upload.
     """
     storage_root = Path(storage_root)

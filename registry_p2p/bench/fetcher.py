@@ -2,9 +2,9 @@
 
 Run as ``python -m registry_p2p.bench.fetcher`` inside the node's network
 namespace. It waits until its start file exists, so that the benchmark can
-start many clients at one moment, then GETs the blob as a container runtime
-does, hashes what arrives, and writes its progress (bytes received, as
-decimal text) to the progress file while the body arrives. At the end it
+start many clients at one moment. Then it GETs the blob as a container
+runtime does and hashes what arrives. While the body arrives, it writes the
+bytes received so far, as decimal text, to the progress file. At the end it
 writes one JSON object to the result file: wall-clock start, first byte
 and end times (``time.time()``, comparable between processes), bytes, the
 sha256 of the body, and the agent's statistics for the blob.

@@ -37,7 +37,7 @@ MAX_HOSTS = 253
 # Time a full queue of each shaped link takes to drain. A deeper queue only
 # adds latency; a shallower one drops packets of TCP bursts at low rates.
 QUEUE_SECONDS = 0.05
-# The queue holds at least this many bytes: with segmentation offload one
+# Minimum byte limit of the queue, because with segmentation offload one
 # queued packet can be 64 KiB.
 MIN_QUEUE_BYTES = 256 * 1024
 
@@ -50,7 +50,7 @@ def queue_bytes(rate_bits):
 def shaping_commands(interface, rate_bits, management_address, upload):
     """Return the tc argument lists that limit egress of ``interface`` to ``rate_bits`` bits/s.
 
-    An HTB class at the rate holds two classes: one for the benchmark's
+    An HTB class at the rate contains two classes: one for the benchmark's
     traffic, with a byte-limited FIFO, and one served first for ARP, for
     TCP acknowledgements without data and for traffic with the root
     namespace's ``management_address`` (its destination on a host's own

@@ -1,10 +1,10 @@
 """`registry-p2p bench fanout` end to end on a small cluster, against a real docker-registry and sidecar.
 
-No time is asserted: the machine may be busy. What is asserted is what the
-records must show whatever the speed: every client got the blob, direct
-mode made the registry host send it once per agent, P2P mode made the
-agents count every byte from the sidecar or from peers, and nothing of the
-cluster is left behind.
+No time is asserted, because the machine may be busy. The test checks what
+the records must show at any speed. Every client got the blob, and direct
+mode made the registry host send it once per agent. In P2P mode the agents
+counted every byte from the sidecar or from peers. Nothing of the cluster
+is left behind.
 """
 
 import json
@@ -69,7 +69,8 @@ def test_bench_fanout_records_direct_and_p2p_runs(tmp_path, short_tmpdir):
     assert cold["fallbacks"] == 0
     assert sum(cold["from_sidecars_bytes"]) + sum(cold["from_peers_bytes"]) >= AGENTS * SIZE * 0.9
     assert cold["registry_egress_bytes"] >= SIZE
-    assert cold["sidecar_peak_rss_bytes"] > 0 and cold["agent_peak_rss_bytes"] > 0
+    assert cold["sidecar_peak_rss_bytes"] > 0
+    assert cold["agent_peak_rss_bytes"] > 0
 
     markdown = output.with_suffix(".md").read_text()
     assert "<!-- begin generated: fanout -->" in markdown

@@ -51,7 +51,7 @@ def test_deadlines_cover_the_configured_bytes(deadline_bytes, pieces):
 
 
 @pytest.mark.parametrize("deadline_bytes", [0, 4 * MIB])
-def test_the_first_piece_always_gets_a_deadline(deadline_bytes):
+def test_deadline_on_first_piece(deadline_bytes):
     window = PieceWindow(length=20 * MIB, piece_length=MIB, deadline_bytes=deadline_bytes)
 
     assert window.deadline_end(0, first=True) == max(1, deadline_bytes // MIB)

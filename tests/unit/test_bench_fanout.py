@@ -19,7 +19,7 @@ def test_lower_bound_is_size_over_rate():
     assert fanout.lower_bound_seconds(128 * MIB, 50_000_000) == pytest.approx(21.474836, rel=1e-6)
 
 
-def test_shaping_limits_the_link_and_puts_arp_and_management_first():
+def test_shaping_on_host_link():
     commands = [" ".join(command) for command in
                 cluster.shaping_commands("eth0", 50_000_000, "10.216.1.254", upload=True)]
 
@@ -28,21 +28,22 @@ def test_shaping_limits_the_link_and_puts_arp_and_management_first():
     assert "classid 1:10 htb rate 49000000bit ceil 50000000bit prio 1" in commands[2]
     assert "classid 1:20 htb rate 1000000bit ceil 50000000bit prio 0" in commands[3]
     assert commands[4].endswith(f"bfifo limit {cluster.queue_bytes(50_000_000)}")
-    assert "protocol arp" in commands[5] and commands[5].endswith("flowid 1:20")
+    assert "protocol arp" in commands[5]
+    assert commands[5].endswith("flowid 1:20")
     assert "match ip dst 10.216.1.254/32 flowid 1:20" in commands[6]
     assert "match ip protocol 6 0xff" in commands[7]
     assert "match u8 0x10 0xff at 33" in commands[7]
     assert commands[7].endswith("flowid 1:20")
 
 
-def test_shaping_on_a_switch_port_matches_management_by_source():
+def test_shaping_on_switch_port():
     commands = cluster.shaping_commands("p3", 10_000_000, "10.216.1.254", upload=False)
 
     assert "src" in commands[6]
     assert "1000000bit" in " ".join(commands[3])
 
 
-def test_queue_holds_fifty_milliseconds_but_never_less_than_the_minimum():
+def test_queue_bytes_with_minimum():
     assert cluster.queue_bytes(1_000_000_000) == 1_000_000_000 // 8 * cluster.QUEUE_SECONDS
     assert cluster.queue_bytes(1_000_000) == cluster.MIN_QUEUE_BYTES
 
@@ -131,7 +132,8 @@ def test_goals_state_met_and_missed_with_figures():
 
     assert "cold, N = 32: all agents done in 1.60 x S/B (goal 1.3: missed)" in lines
     assert "registry host sent 1.20 x S (goal 1.5: met)" in lines
-    assert "cold, N = 1:" in lines and "1.05 x (goal 1.1: met)" in lines
+    assert "cold, N = 1:" in lines
+    assert "1.05 x (goal 1.1: met)" in lines
     assert "direct, N = 32: registry host sent 32.00 x S" in lines
 
 
@@ -189,7 +191,7 @@ def test_parse_variant_rejects(text):
         fanout.parse_variant(text)
 
 
-def test_series_names_carry_the_variant_only_when_there_are_several():
+def test_series_name_with_variants():
     one = [_run("cold", 4, 1.0, 1.0)]
     two = [dict(one[0], variant="default"), dict(one[0], variant="utp")]
 
@@ -208,7 +210,7 @@ def test_variant_table_compares_each_variant_with_the_first():
     assert "| default | cold | 8 | 2.00 |  | 1.00 |" in table
 
 
-def test_a_single_agent_count_gets_no_plots(tmp_path):
+def test_plot_skips_single_agent_count(tmp_path):
     record = _record([_run("cold", 8, 2.0, 1.0)])
 
     assert fanout_report.plot(record, tmp_path) == []
