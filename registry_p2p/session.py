@@ -302,6 +302,15 @@ class TorrentSession:
             # anonymous memory at the same speed (the fanout-large block of
             # docs/benchmarks.md). The seeder keeps libtorrent's default.
             **({"aio_threads": AGENT_DISK_THREADS} if self.role == "A" else {}),
+            # libtorrent drops a connection to a peer that has the whole blob
+            # whenever it is not interested in that peer, which happens for a
+            # moment while its last missing pieces are requested elsewhere. If
+            # those requests then fail, the piece has no source left, and
+            # libtorrent waits min_reconnect_time (60 s) before connecting to a
+            # dropped peer again: the download stalls and falls back to the
+            # registry. Agents keep such connections; the seeder, a seed
+            # itself, still closes them.
+            **({"close_redundant_connections": False} if self.role == "A" else {}),
             "alert_mask": (lt.alert.category_t.error_notification
                            | lt.alert.category_t.status_notification
                            | lt.alert.category_t.storage_notification
@@ -450,6 +459,21 @@ class TorrentSession:
             handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
         return self.submit(announce)
+
+    def stall_report(self, info_hash):
+        """Return a Future of a one-line description of what a download still waits for.
+
+        It names up to 8 missing pieces, the blocks of the pieces in
+        progress by state, and each connected peer with its choke and
+        interest flags and how many of the missing pieces it has, so that
+        a log line of a stalled download shows where it waits.
+        """
+        def report(session):
+            handle = self._handle(session, info_hash)
+            return describe_stall(handle.status(lt.status_flags_t.query_pieces).pieces,
+                                  handle.get_download_queue(), handle.get_peer_info())
+
+        return self.submit(report)
 
     def listen_port(self):
         """Return a Future of the TCP port that the session accepts peers on."""
@@ -656,3 +680,34 @@ class TorrentSession:
             index = self._metric_index.get(name)
             if index is not None:
                 self._counters[name] = values[name] if isinstance(values, dict) else values[index]
+
+
+BLOCK_STATES = {0: "none", 1: "requested", 2: "writing", 3: "finished"}
+
+
+def describe_stall(have, download_queue, peers):
+    """Describe a download from its piece bitfield, download queue and peer list (see stall_report)."""
+    missing = [index for index, done in enumerate(have) if not done]
+    parts = [f"{len(missing)} of {len(have)} pieces missing"
+             + (f" ({', '.join(map(str, missing[:8]))}{', ...' if len(missing) > 8 else ''})"
+                if missing else "")]
+
+    for piece in download_queue:
+        states = {}
+        for block in piece["blocks"]:
+            name = BLOCK_STATES.get(block["state"], str(block["state"]))
+            states[name] = states.get(name, 0) + 1
+        parts.append(f"piece {piece['piece_index']} blocks "
+                     + " ".join(f"{name}={count}" for name, count in sorted(states.items())))
+
+    wanted = set(missing)
+    for peer in peers:
+        flags = [name for name, bit in (("choked-us", lt.peer_info.remote_choked),
+                                        ("interested", lt.peer_info.interesting),
+                                        ("snubbed", lt.peer_info.snubbed))
+                 if peer.flags & bit]
+        has = sum(1 for index in wanted if index < len(peer.pieces) and peer.pieces[index])
+        parts.append(f"peer {peer.ip[0]}:{peer.ip[1]} has {has} missing, "
+                     f"queue {peer.download_queue_length}, {','.join(flags) or 'unchoked'}")
+
+    return "; ".join(parts)

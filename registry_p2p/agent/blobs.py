@@ -402,7 +402,8 @@ class BlobService:
             # Halfway to giving up, announce again, because the tracker hands
             # out the origin to a leecher whose left count has not changed.
             if stalled > self.stall_timeout / 2 and download.last_progress > reannounced_at:
-                log.info("no progress on %s for %.0f s; announcing again", digest, stalled)
+                log.info("no progress on %s for %.0f s; announcing again (%s)", digest, stalled,
+                         self._stall_report(download.info_hash))
                 self.session.reannounce(download.info_hash).result(10)
                 reannounced_at = time.monotonic()
             if stalled > self.stall_timeout:
@@ -411,6 +412,13 @@ class BlobService:
 
         if download.error:
             raise P2PError(f"torrent failed: {download.error}")
+
+    def _stall_report(self, info_hash):
+        try:
+            return self.session.stall_report(info_hash).result(10)
+        except Exception as exc:  # a diagnostic must not end the download
+            log.warning("no stall report for torrent %s: %r", info_hash, exc)
+            return "no report"
 
     def _verify(self, path, hex_digest):
         sha256 = hashlib.sha256()
