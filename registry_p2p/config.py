@@ -329,6 +329,11 @@ SIDECAR_OPTIONS = (
            "Leechers of a blob that the tracker hands this host's seeder at a "
            "time; the other nodes get the blob from peers. 1 sends each blob "
            "from the registry host about once."),
+    Option("tracker.peer_selection", choice("chain", "random"), "chain",
+           "Nodes that the tracker hands a node. \"chain\": each leecher gets the two "
+           "nodes that announced just before it, so pieces are pipelined down a chain "
+           "of nodes and each link carries a blob about once. \"random\": a random "
+           "sample of the swarm."),
     Option("tracker.peer_ttl", positive_int, 75,
            "Seconds after its last announce that a peer is dropped from the tracker."),
     Option("notifications.secret", string, "",
@@ -383,13 +388,12 @@ AGENT_OPTIONS = (
     Option("p2p.stall_timeout", positive_seconds, 20.0,
            "Seconds without download progress after which the agent gives up "
            "on BitTorrent and fetches the blob from the registry."),
-    Option("p2p.stream", boolean, False,
+    Option("p2p.stream", boolean, True,
            "Send a blob that is not cached to the client while it downloads, "
            "in order as its pieces arrive, instead of after the whole download "
            "is verified. If the download fails after part of the blob was sent, "
-           "the rest comes from the registry. Off by default: a streamed "
-           "download has been seen to stall with one piece missing (see "
-           "docs/architecture.md)."),
+           "the rest comes from the registry. false waits for the whole "
+           "download first."),
     Option("p2p.stream_deadline_bytes", non_negative_int, 0,
            "Bytes ahead of a streaming client whose pieces get libtorrent "
            "deadlines, so they are fetched first; the piece the client waits "

@@ -156,16 +156,22 @@ class PeerTable:
     Origin seeds (sidecars' seeders, whose peer ids start with
     ORIGIN_PEER_ID_PREFIX) are handed to at most ``origin_fanout`` leechers
     of a swarm at a time, and an origin seed learns only those leechers.
-    Every other leecher gets the swarm's other peers, so the blob leaves the
+    Every other leecher gets other nodes only, so the blob leaves the
     registry host about ``origin_fanout`` times however many nodes pull it.
+    Which nodes a node gets depends on ``peer_selection``: its neighbours in
+    a chain of the swarm ("chain", see _chain_peers_for_node) or a random
+    sample of the swarm ("random").
     A leecher keeps its origin slot until it completes, stops or expires.
     Once a node has the whole blob, no new leecher gets the origin, except
     one that re-announces without progress.
     """
 
-    def __init__(self, ttl, origin_fanout=1, clock=time.monotonic):
+    def __init__(self, ttl, origin_fanout=1, peer_selection="chain", clock=time.monotonic):
+        if peer_selection not in PEER_SELECTIONS:
+            raise ValueError(f"unknown peer selection {peer_selection!r}")
         self.ttl = ttl
         self.origin_fanout = origin_fanout
+        self.peer_selection = peer_selection
         self._clock = clock
         self._lock = threading.Lock()
         self._swarms = {}
@@ -223,8 +229,11 @@ class PeerTable:
         return swarm.assigned_leechers()
 
     def _peers_for_node(self, swarm, request):
-        """Return up to numwant peers for a node: the origins if it gets them, then others at random."""
+        """Return up to numwant peers for a node: the origins if it gets them, then other nodes."""
         own_id = request.peer_id
+        if self.peer_selection.startswith("chain"):
+            return self._chain_peers_for_node(swarm, request)
+
         if request.left > 0:
             others = [peer.address for peer_id, peer in swarm.peers.items()
                       if peer_id != own_id and not peer.origin]
@@ -244,6 +253,36 @@ class PeerTable:
         sample = random.sample(others, sample_size)
 
         return (origins + sample)[:request.numwant]
+
+    def _chain_peers_for_node(self, swarm, request):
+        """Return a node's neighbours in the swarm's chain, after the origins if it gets them.
+
+        Nodes form a chain in the order of their first announce. A leecher
+        gets the CHAIN_UPSTREAM nodes that announced just before it, and a
+        seed the CHAIN_UPSTREAM nodes after it. Pieces are then pipelined
+        down the chain: each node downloads from the nodes before it and
+        uploads to the nodes after it, so that no piece is sent to a node
+        twice and every upload link carries the blob about once. With two
+        upstream nodes, a chain survives one of them going away. A leecher
+        with no node before it gets the origin.
+        """
+        own_id = request.peer_id
+        # NOTE: this walks the swarm's peers on every announce, which the
+        # random selection avoids; swarms of a few thousand nodes stay cheap.
+        nodes = [peer_id for peer_id, peer in swarm.peers.items() if not peer.origin]
+        position = nodes.index(own_id) if own_id in nodes else len(nodes)
+        if request.left > 0:
+            neighbours = nodes[max(0, position - CHAIN_UPSTREAM):position]
+        else:
+            neighbours = nodes[position + 1:position + 1 + CHAIN_UPSTREAM]
+        peers = [swarm.peers[peer_id].address for peer_id in neighbours]
+
+        if request.left > 0 and swarm.origins and (not peers
+                                                   or self._gets_origin(swarm, own_id)):
+            swarm.origin_assigned.add(own_id)
+            peers = [peer.address for peer in swarm.origins.values()] + peers
+
+        return peers[:request.numwant]
 
     def _gets_origin(self, swarm, peer_id):
         """Return whether a leecher gets the origin, assigning it a slot if one is free.
@@ -272,6 +311,9 @@ class PeerTable:
 
 
 ORIGIN_PEER_ID_PREFIX = b"-RS"
+PEER_SELECTIONS = ("chain", "random")
+# Nodes before a leecher in the chain that the tracker hands it.
+CHAIN_UPSTREAM = 2
 
 
 def is_origin(peer_id):

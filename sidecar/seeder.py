@@ -51,7 +51,8 @@ class Seeder:
                                       upload_rate_limit=config["torrent.upload_rate_limit"],
                                       overrides=config["torrent.settings"])
         self.peers = PeerTable(ttl=config["tracker.peer_ttl"],
-                               origin_fanout=config["tracker.origin_fanout"])
+                               origin_fanout=config["tracker.origin_fanout"],
+                               peer_selection=config["tracker.peer_selection"])
         self.trackers = tracker_urls(config)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.seeded = {}

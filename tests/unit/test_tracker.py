@@ -326,7 +326,7 @@ def clock():
 
 @pytest.fixture
 def table(clock):
-    return PeerTable(ttl=120, clock=clock)
+    return PeerTable(ttl=120, peer_selection="random", clock=clock)
 
 
 def test_table_first_peer_gets_nobody(table):
@@ -446,7 +446,7 @@ def test_table_numwant_zero(table):
 
 def test_table_numwant_capped_from_query():
     # Peer ids and addresses differ per peer, so 250 distinct peers join.
-    table = PeerTable(ttl=120, clock=FakeClock())
+    table = PeerTable(ttl=120, peer_selection="random", clock=FakeClock())
     for peer in range(250):
         table.announce(Announce(INFO_HASH, peer.to_bytes(20, "big"), "127.0.0.1",
                                 10000 + peer, 100, "", 0))
@@ -723,3 +723,104 @@ def test_compact_reply_cached_address_changes_nothing():
 
     assert first == second
     assert reference_bdecode(second)[b"peers"] == bytes([127, 0, 0, 7]) + (7000).to_bytes(2, "big")
+
+
+# Chain selection: each leecher gets the CHAIN_UPSTREAM nodes that announced before it.
+
+
+@pytest.fixture
+def chain(clock):
+    return PeerTable(ttl=120, clock=clock)
+
+
+def test_chain_is_the_default(chain):
+    assert chain.peer_selection == "chain"
+
+
+def test_chain_rejects_unknown_selection(clock):
+    with pytest.raises(ValueError):
+        PeerTable(ttl=120, peer_selection="nearest", clock=clock)
+
+
+def test_chain_leecher_gets_the_nodes_just_before_it(chain):
+    for peer in range(1, 6):
+        chain.announce(request(peer))
+
+    assert chain.announce(request(6)) == [address(4), address(5)]
+
+
+def test_chain_reannounce_keeps_the_place(chain):
+    for peer in range(1, 6):
+        chain.announce(request(peer))
+
+    assert chain.announce(request(3)) == [address(1), address(2)]
+
+
+def test_chain_second_leecher_gets_only_the_first(chain):
+    chain.announce(request(1))
+
+    assert chain.announce(request(2)) == [address(1)]
+
+
+def test_chain_seed_gets_the_nodes_after_it(chain):
+    for peer in range(1, 6):
+        chain.announce(request(peer))
+
+    assert chain.announce(request(2, left=0)) == [address(3), address(4)]
+
+
+def test_chain_closes_the_gap_of_a_stopped_node(chain):
+    for peer in range(1, 5):
+        chain.announce(request(peer))
+    chain.announce(request(3, event="stopped"))
+
+    assert chain.announce(request(4)) == [address(1), address(2)]
+
+
+def test_chain_first_leecher_gets_the_origin(chain):
+    chain.announce(origin_request())
+
+    assert chain.announce(request(1)) == [address(ORIGIN)]
+
+
+def test_chain_later_leechers_get_nodes_only(chain):
+    chain.announce(origin_request())
+    chain.announce(request(1))
+    chain.announce(request(2))
+
+    assert chain.announce(request(3)) == [address(1), address(2)]
+
+
+def test_chain_origin_learns_the_first_leecher(chain):
+    chain.announce(origin_request())
+    chain.announce(request(1))
+    chain.announce(request(2))
+
+    assert chain.announce(origin_request()) == [address(1)]
+
+
+def test_chain_stalled_leecher_gets_the_origin_first(chain):
+    chain.announce(origin_request())
+    chain.announce(request(1))
+    chain.announce(request(2))
+    chain.announce(request(3, left=50))
+
+    assert chain.announce(request(3, left=50)) == [address(ORIGIN), address(1), address(2)]
+
+
+def test_chain_leecher_before_the_origin_gets_it_later(chain):
+    # The first leecher announced before the sidecar's seeder did, so its
+    # next announce brings the origin.
+    chain.announce(request(1))
+    chain.announce(origin_request())
+
+    assert chain.announce(request(1)) == [address(ORIGIN)]
+
+
+def test_chain_respects_numwant(chain):
+    chain.announce(origin_request())
+    chain.announce(request(1))
+    chain.announce(request(2))
+    chain.announce(request(3, left=50))
+
+    assert chain.announce(request(3, left=50, numwant=1)) == [address(ORIGIN)]
