@@ -41,12 +41,6 @@ log = logging.getLogger(__name__)
 # arenas. Measured on a 2-core VM over loopback, an agent streaming a
 # 1 GiB blob peaked at about 110 MiB more anonymous memory than one that
 # waited for the whole download.
-# TODO: a streamed download of a 23 MiB layer stalled for 20 s with one
-# piece missing while three agents shared it (tests/integration/
-# test_p2p_pull.py under load), and fell back to the registry. Downloads
-# without a stream have not stalled that way, so p2p.stream is off by
-# default until the cause, probably in how deadlines are set and reset
-# during the download, is found.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 MIN_READ_AHEAD_PIECES = 2
 FILE_CHUNK = 1024 * 1024
