@@ -26,6 +26,7 @@ SCENARIOS = {
     "fanout-tuning": "registry_p2p.bench.fanout",
     "fanout-first-byte": "registry_p2p.bench.fanout",
     "fanout-large": "registry_p2p.bench.fanout",
+    "fanout-peers": "registry_p2p.bench.fanout",
 }
 
 

@@ -21,6 +21,7 @@ link needs to carry the blob once.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -57,6 +58,7 @@ REGISTRY_NAME = "registry"
 CHUNK = 1024 * 1024
 MIB = 1024 * 1024
 CPU_SAMPLE_SECONDS = 0.5
+LINK_TRACE_SECONDS = 0.5
 # Room for logs and the sidecar's copy next to the caches.
 DISK_MARGIN = 512 * MIB
 
@@ -201,6 +203,68 @@ class Sampler:
         return busy_fraction(self._first, self._last)
 
 
+class LinkTrace:
+    """Samples, every LINK_TRACE_SECONDS in a thread, the byte counters of the registry
+    host's link and of each agent host's link (``--trace-links``).
+
+    Each sample is [seconds since start, [registry rx, tx], [agent0 rx, tx], ...];
+    link_use() turns consecutive samples into rates.
+    """
+
+    def __init__(self, cluster, registry_host, agent_hosts):
+        self.cluster = cluster
+        self.hosts = [registry_host, *agent_hosts]
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-link-trace", daemon=True)
+        self._started = None
+
+    def __enter__(self):
+        self._started = time.monotonic()
+        self.samples.append(self._sample())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(self._sample())
+
+    def _run(self):
+        while not self._stop.wait(LINK_TRACE_SECONDS):
+            self.samples.append(self._sample())
+
+    def _sample(self):
+        seconds = round(time.monotonic() - self._started, 3)
+        return [seconds, *[list(self.cluster.counters(host)) for host in self.hosts]]
+
+    def as_record(self, rate_bits):
+        return {"rate_bits": rate_bits, "interval_seconds": LINK_TRACE_SECONDS,
+                "hosts": ["registry"] + [f"agent{index}" for index in range(len(self.hosts) - 1)],
+                "samples": self.samples}
+
+
+def link_use(trace):
+    """Return, per pair of consecutive samples of a LinkTrace record, what each link carried
+    as a fraction of the link rate B.
+
+    Each item is (seconds at the end of the interval, registry host out,
+    [each agent in], [each agent out]).
+    """
+    bytes_per_second = trace["rate_bits"] / 8
+    intervals = []
+    for before, after in zip(trace["samples"], trace["samples"][1:]):
+        elapsed = after[0] - before[0]
+        if elapsed <= 0:
+            continue
+        fractions = [[(new - old) / elapsed / bytes_per_second for old, new in zip(first, second)]
+                     for first, second in zip(before[1:], after[1:])]
+        intervals.append((after[0], fractions[0][1],
+                          [rx for rx, _ in fractions[1:]], [tx for _, tx in fractions[1:]]))
+
+    return intervals
+
+
 def group_memory(pgid, field):
     """Return the largest value of ``field`` (a /proc/<pid>/status line such as "VmHWM:"), in
     bytes, among the live processes of process group ``pgid``."""
@@ -254,6 +318,7 @@ class FanoutBench:
         self.registry_host = None
         self.agent_hosts = []
         self.digest = None
+        self.trace_links = False
         self._run_number = 0
 
     @property
@@ -367,7 +432,9 @@ class FanoutBench:
         groups = {"agent": [agent.process.pid for agent in agents]}
         if sidecar is not None:
             groups["sidecar"] = [sidecar.process.pid]
-        with Sampler(groups) as sampler:
+        trace = (LinkTrace(self.cluster, self.registry_host, hosts) if self.trace_links
+                 else contextlib.nullcontext())
+        with Sampler(groups) as sampler, trace:
             started = time.time()
             start_files[0].touch()
             deadline = time.monotonic() + timeout
@@ -382,6 +449,8 @@ class FanoutBench:
                         start_files[1].touch()
                 time.sleep(0.05)
 
+        if self.trace_links:
+            (run_dir / "links.json").write_text(json.dumps(trace.as_record(self.rate_bits)))
         registry_after = self.cluster.counters(self.registry_host)
         agents_after = [self.cluster.counters(host) for host in hosts]
         outcomes = [json.loads(result.read_text()) if result.exists() else {"error": "no result"}
@@ -494,13 +563,20 @@ def _check_environment(workdir, size, agent_count):
 
 
 def run(size, rate_bits, agent_counts, modes, repeat, output, markdown, command,
-        workdir=None, keep=False, variants=(DEFAULT_VARIANT,), scenario="fanout"):
-    """Run every mode for every agent count and variant ``repeat`` times; store and render the record."""
+        workdir=None, keep=False, variants=(DEFAULT_VARIANT,), scenario="fanout",
+        trace_links=False):
+    """Run every mode for every agent count and variant ``repeat`` times; store and render the record.
+
+    With ``trace_links``, each run's directory gets a links.json of its
+    LinkTrace, and the work directory is kept.
+    """
+    keep = keep or trace_links
     own_workdir = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="registry-p2p-fanout-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _check_environment(workdir, size, max(agent_counts))
     bench = FanoutBench(size, rate_bits, workdir)
+    bench.trace_links = trace_links
     runs = []
     try:
         with running(bench.cluster):

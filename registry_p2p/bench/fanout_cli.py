@@ -11,7 +11,7 @@ from registry_p2p.bench.sizes import format_size, rate_argument, size_argument
 log = logging.getLogger(__name__)
 
 # Records that `bench fanout` may store, each with its own block in the Markdown file.
-FANOUT_RECORDS = ("fanout", "fanout-tuning", "fanout-first-byte", "fanout-large")
+FANOUT_RECORDS = ("fanout", "fanout-tuning", "fanout-peers", "fanout-first-byte", "fanout-large")
 
 
 def _bench_fanout(args):
@@ -33,7 +33,7 @@ def _bench_fanout(args):
     try:
         fanout.run(args.size, args.rate, args.agents, args.modes, args.repeat, args.output,
                    markdown, command, workdir=args.workdir, keep=args.keep,
-                   variants=variants, scenario=args.name)
+                   variants=variants, scenario=args.name, trace_links=args.trace_links)
     except SandboxError as exc:
         print(f"registry-p2p: error: the simulated cluster failed: {exc}", file=sys.stderr)
         return 2
@@ -113,4 +113,8 @@ def add_parser(scenarios):
     fanout.add_argument("--workdir", help="directory for the registry, caches and logs "
                                           "(default: a new temporary directory, removed at the end)")
     fanout.add_argument("--keep", action="store_true", help="keep the work directory")
+    fanout.add_argument("--trace-links", action="store_true",
+                        help="sample the byte counters of every host's link every 0.5 s "
+                             "and write them to links.json in each run's directory (keeps "
+                             "the work directory)")
     fanout.set_defaults(func=_bench_fanout)

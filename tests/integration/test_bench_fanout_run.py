@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from registry_p2p.bench import fanout
+
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
@@ -44,7 +46,7 @@ def test_bench_fanout_records_direct_and_p2p_runs(tmp_path, short_tmpdir):
     result = subprocess.run(
         [sys.executable, "-m", "registry_p2p", "bench", "fanout", "--size", "6MiB",
          "--rate", "200Mbit", "--agents", f"1,{AGENTS}", "--modes", "direct,cold",
-         "--workdir", str(short_tmpdir / "work"), "--output", str(output)],
+         "--workdir", str(short_tmpdir / "work"), "--output", str(output), "--trace-links"],
         capture_output=True, text=True, env=dict(os.environ), timeout=600, check=False)
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -71,6 +73,19 @@ def test_bench_fanout_records_direct_and_p2p_runs(tmp_path, short_tmpdir):
     assert cold["registry_egress_bytes"] >= SIZE
     assert cold["sidecar_peak_rss_bytes"] > 0
     assert cold["agent_peak_rss_bytes"] > 0
+
+    # The link trace of the direct run saw the registry host send the
+    # copies that the record counts, and each agent link receive one.
+    traces = list((short_tmpdir / "work").glob(f"run*-direct-{AGENTS}/links.json"))
+    assert len(traces) == 1
+    trace = json.loads(traces[0].read_text())
+    assert trace["hosts"] == ["registry"] + [f"agent{index}" for index in range(AGENTS)]
+    first, last = trace["samples"][0], trace["samples"][-1]
+    assert last[1][1] - first[1][1] <= direct["registry_egress_bytes"]
+    assert last[1][1] - first[1][1] >= 0.9 * direct["registry_egress_bytes"]
+    for agent in range(AGENTS):
+        assert last[2 + agent][0] - first[2 + agent][0] >= 0.9 * SIZE
+    assert fanout.link_use(trace)
 
     markdown = output.with_suffix(".md").read_text()
     assert "<!-- begin generated: fanout -->" in markdown

@@ -232,3 +232,43 @@ def test_large_record_states_the_memory_goal():
 
     assert "peaked at 94 MB RSS and 42 MB anonymous memory" in block
     assert "RSS met, anonymous met" in block
+
+
+def test_link_use_gives_each_link_as_a_fraction_of_the_rate():
+    # 8 Mbit/s is 1 MB/s each way.
+    trace = {"rate_bits": 8_000_000, "samples": [
+        [0.0, [0, 0], [0, 0], [0, 0]],
+        [0.5, [0, 500_000], [250_000, 0], [500_000, 250_000]],
+        [1.5, [0, 500_000], [1_250_000, 0], [500_000, 1_250_000]],
+    ]}
+
+    intervals = fanout.link_use(trace)
+
+    assert intervals == [(0.5, 1.0, [0.5, 1.0], [0.0, 0.5]),
+                         (1.5, 0.0, [1.0, 0.0], [0.0, 1.0])]
+
+
+def test_link_use_skips_intervals_without_elapsed_time():
+    trace = {"rate_bits": 8_000_000, "samples": [[1.0, [0, 0]], [1.0, [0, 10]]]}
+
+    assert fanout.link_use(trace) == []
+
+
+def test_link_trace_samples_the_registry_host_then_each_agent():
+    class Counters:
+        def __init__(self):
+            self.reads = 0
+
+        def counters(self, host):
+            self.reads += 1
+            return (self.reads, host)
+
+    cluster = Counters()
+    with fanout.LinkTrace(cluster, "registry-host", ["agent-host"]) as trace:
+        pass
+
+    record = trace.as_record(50_000_000)
+    assert record["hosts"] == ["registry", "agent0"]
+    assert record["samples"][0][1:] == [[1, "registry-host"], [2, "agent-host"]]
+    assert record["samples"][-1][1:] == [[3, "registry-host"], [4, "agent-host"]]
+    assert record["rate_bits"] == 50_000_000
