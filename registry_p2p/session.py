@@ -463,10 +463,9 @@ class TorrentSession:
     def stall_report(self, info_hash):
         """Return a Future of a one-line description of what a download still waits for.
 
-        It names up to 8 missing pieces, the blocks of the pieces in
-        progress by state, and each connected peer with its choke and
-        interest flags and how many of the missing pieces it has, so that
-        a log line of a stalled download shows where it waits.
+        It names up to 8 missing pieces and counts the blocks of each piece
+        in progress by state. For each connected peer, it gives the choke
+        and interest flags and how many of the missing pieces the peer has.
         """
         def report(session):
             handle = self._handle(session, info_hash)

@@ -260,15 +260,14 @@ class PeerTable:
         Nodes form a chain in the order of their first announce. A leecher
         gets the CHAIN_UPSTREAM nodes that announced just before it, and a
         seed the CHAIN_UPSTREAM nodes after it. Pieces are then pipelined
-        down the chain: each node downloads from the nodes before it and
-        uploads to the nodes after it, so that no piece is sent to a node
-        twice and every upload link carries the blob about once. With two
-        upstream nodes, a chain survives one of them going away. A leecher
-        with no node before it gets the origin.
+        down the chain. Each node downloads from the nodes before it and
+        uploads to the nodes after it, so every upload link carries the blob
+        about once. With two upstream nodes, a chain survives one of them
+        going away. A leecher with no node before it gets the origin.
         """
         own_id = request.peer_id
-        # NOTE: this walks the swarm's peers on every announce, which the
-        # random selection avoids; swarms of a few thousand nodes stay cheap.
+        # NOTE: this walks the swarm's peers on every announce (the random
+        # selection does not), so its cost grows with the swarm's size.
         nodes = [peer_id for peer_id, peer in swarm.peers.items() if not peer.origin]
         position = nodes.index(own_id) if own_id in nodes else len(nodes)
         if request.left > 0:
