@@ -309,7 +309,9 @@ class TorrentSession:
             # libtorrent waits min_reconnect_time (60 s) before connecting to a
             # dropped peer again: the download stalls and falls back to the
             # registry. Agents keep such connections; the seeder, a seed
-            # itself, still closes them.
+            # itself, still closes them. NOTE: two agents that both have the
+            # blob then stay connected until libtorrent's inactivity_timeout,
+            # within connections_limit.
             **({"close_redundant_connections": False} if self.role == "A" else {}),
             "alert_mask": (lt.alert.category_t.error_notification
                            | lt.alert.category_t.status_notification

@@ -231,7 +231,7 @@ class PeerTable:
     def _peers_for_node(self, swarm, request):
         """Return up to numwant peers for a node: the origins if it gets them, then other nodes."""
         own_id = request.peer_id
-        if self.peer_selection.startswith("chain"):
+        if self.peer_selection == "chain":
             return self._chain_peers_for_node(swarm, request)
 
         if request.left > 0:
