@@ -701,13 +701,13 @@ def describe_stall(have, download_queue, peers):
         parts.append(f"piece {piece['piece_index']} blocks "
                      + " ".join(f"{name}={count}" for name, count in sorted(states.items())))
 
-    wanted = set(missing)
+    missing_set = set(missing)
     for peer in peers:
         flags = [name for name, bit in (("choked-us", lt.peer_info.remote_choked),
                                         ("interested", lt.peer_info.interesting),
                                         ("snubbed", lt.peer_info.snubbed))
                  if peer.flags & bit]
-        has = sum(1 for index in wanted if index < len(peer.pieces) and peer.pieces[index])
+        has = sum(1 for index in missing_set if index < len(peer.pieces) and peer.pieces[index])
         parts.append(f"peer {peer.ip[0]}:{peer.ip[1]} has {has} missing, "
                      f"queue {peer.download_queue_length}, {','.join(flags) or 'unchoked'}")
 

@@ -234,7 +234,7 @@ def test_large_record_states_the_memory_goal():
     assert "RSS met, anonymous met" in block
 
 
-def test_link_use_gives_each_link_as_a_fraction_of_the_rate():
+def test_link_use_fractions_of_rate():
     # 8 Mbit/s is 1 MB/s each way.
     trace = {"rate_bits": 8_000_000, "samples": [
         [0.0, [0, 0], [0, 0], [0, 0]],
@@ -254,7 +254,7 @@ def test_link_use_skips_intervals_without_elapsed_time():
     assert fanout.link_use(trace) == []
 
 
-def test_link_trace_samples_the_registry_host_then_each_agent():
+def test_link_trace_sample_order():
     class Counters:
         def __init__(self):
             self.reads = 0
