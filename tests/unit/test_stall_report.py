@@ -40,7 +40,7 @@ def test_complete_download_without_peers():
     assert describe_stall([True, True], [], []) == "0 of 2 pieces missing"
 
 
-def test_short_peer_bitfield_counts_no_later_piece():
+def test_short_peer_bitfield():
     report = describe_stall([True, False, False], [], [peer(("10.0.0.4", 1), [False, True])])
 
     assert report.endswith("peer 10.0.0.4:1 has 1 missing, queue 0, unchoked")

@@ -733,7 +733,7 @@ def chain(clock):
     return PeerTable(ttl=120, clock=clock)
 
 
-def test_chain_is_the_default(chain):
+def test_chain_is_default(chain):
     assert chain.peer_selection == "chain"
 
 
@@ -742,34 +742,34 @@ def test_chain_rejects_unknown_selection(clock):
         PeerTable(ttl=120, peer_selection="nearest", clock=clock)
 
 
-def test_chain_leecher_gets_the_nodes_just_before_it(chain):
+def test_chain_leecher_gets_predecessors(chain):
     for peer in range(1, 6):
         chain.announce(request(peer))
 
     assert chain.announce(request(6)) == [address(4), address(5)]
 
 
-def test_chain_reannounce_keeps_the_place(chain):
+def test_chain_reannounce_keeps_place(chain):
     for peer in range(1, 6):
         chain.announce(request(peer))
 
     assert chain.announce(request(3)) == [address(1), address(2)]
 
 
-def test_chain_second_leecher_gets_only_the_first(chain):
+def test_chain_second_leecher_gets_first(chain):
     chain.announce(request(1))
 
     assert chain.announce(request(2)) == [address(1)]
 
 
-def test_chain_seed_gets_the_nodes_after_it(chain):
+def test_chain_seed_gets_successors(chain):
     for peer in range(1, 6):
         chain.announce(request(peer))
 
     assert chain.announce(request(2, left=0)) == [address(3), address(4)]
 
 
-def test_chain_closes_the_gap_of_a_stopped_node(chain):
+def test_chain_closes_stopped_gap(chain):
     for peer in range(1, 5):
         chain.announce(request(peer))
     chain.announce(request(3, event="stopped"))
@@ -777,7 +777,7 @@ def test_chain_closes_the_gap_of_a_stopped_node(chain):
     assert chain.announce(request(4)) == [address(1), address(2)]
 
 
-def test_chain_first_leecher_gets_the_origin(chain):
+def test_chain_first_leecher_gets_origin(chain):
     chain.announce(origin_request())
 
     assert chain.announce(request(1)) == [address(ORIGIN)]
@@ -791,7 +791,7 @@ def test_chain_later_leechers_get_nodes_only(chain):
     assert chain.announce(request(3)) == [address(1), address(2)]
 
 
-def test_chain_origin_learns_the_first_leecher(chain):
+def test_chain_origin_learns_first_leecher(chain):
     chain.announce(origin_request())
     chain.announce(request(1))
     chain.announce(request(2))
@@ -799,7 +799,7 @@ def test_chain_origin_learns_the_first_leecher(chain):
     assert chain.announce(origin_request()) == [address(1)]
 
 
-def test_chain_stalled_leecher_gets_the_origin_first(chain):
+def test_chain_stalled_leecher_gets_origin(chain):
     chain.announce(origin_request())
     chain.announce(request(1))
     chain.announce(request(2))
@@ -808,7 +808,7 @@ def test_chain_stalled_leecher_gets_the_origin_first(chain):
     assert chain.announce(request(3, left=50)) == [address(ORIGIN), address(1), address(2)]
 
 
-def test_chain_leecher_before_the_origin_gets_it_later(chain):
+def test_chain_early_leecher_gets_origin_later(chain):
     # The first leecher announced before the sidecar's seeder did, so its
     # next announce brings the origin.
     chain.announce(request(1))
