@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from registry_p2p.errors import ConfigError
 from registry_p2p.secret_file import read_secret_file
+from registry_p2p.tracker import PEER_SELECTIONS
 
 # Appended to a secret option's key to name the file that contains its value.
 FILE_SUFFIX = "_file"
@@ -329,7 +330,7 @@ SIDECAR_OPTIONS = (
            "Leechers of a blob that the tracker hands this host's seeder at a "
            "time; the other nodes get the blob from peers. 1 sends each blob "
            "from the registry host about once."),
-    Option("tracker.peer_selection", choice("chain", "random"), "chain",
+    Option("tracker.peer_selection", choice(*PEER_SELECTIONS), "chain",
            "Nodes that the tracker hands a node. \"chain\": each leecher gets the two "
            "nodes that announced just before it, so pieces are pipelined down a chain "
            "of nodes and each link carries a blob about once. \"random\": a random "

@@ -302,16 +302,11 @@ class TorrentSession:
             # anonymous memory at the same speed (the fanout-large block of
             # docs/benchmarks.md). The seeder keeps libtorrent's default.
             **({"aio_threads": AGENT_DISK_THREADS} if self.role == "A" else {}),
-            # libtorrent drops a connection to a peer that has the whole blob
-            # whenever it is not interested in that peer, which happens for a
-            # moment while its last missing pieces are requested elsewhere. If
-            # those requests then fail, the piece has no source left, and
-            # libtorrent waits min_reconnect_time (60 s) before connecting to a
-            # dropped peer again: the download stalls and falls back to the
-            # registry. Agents keep such connections; the seeder, a seed
-            # itself, still closes them. NOTE: two agents that both have the
-            # blob then stay connected until libtorrent's inactivity_timeout,
-            # within connections_limit.
+            # libtorrent otherwise drops a peer that has the whole blob while
+            # the last pieces are requested elsewhere, and reconnects only after
+            # min_reconnect_time (60 s), so one failed request can stall a download.
+            # NOTE: two agents that both have the blob stay connected until
+            # libtorrent's inactivity_timeout, within connections_limit.
             **({"close_redundant_connections": False} if self.role == "A" else {}),
             "alert_mask": (lt.alert.category_t.error_notification
                            | lt.alert.category_t.status_notification

@@ -168,7 +168,8 @@ class PeerTable:
 
     def __init__(self, ttl, origin_fanout=1, peer_selection="chain", clock=time.monotonic):
         if peer_selection not in PEER_SELECTIONS:
-            raise ValueError(f"unknown peer selection {peer_selection!r}")
+            raise ValueError(f"invalid peer selection {peer_selection!r}; expected one of "
+                             f"{', '.join(PEER_SELECTIONS)}")
         self.ttl = ttl
         self.origin_fanout = origin_fanout
         self.peer_selection = peer_selection
@@ -266,18 +267,21 @@ class PeerTable:
         going away. A leecher with no node before it gets the origin.
         """
         own_id = request.peer_id
-        # NOTE: this walks the swarm's peers on every announce (the random
-        # selection does not), so its cost grows with the swarm's size.
+        # NOTE: this walks the swarm's peers on every announce, so its cost
+        # grows with the swarm's size; the random selection does not walk them.
         nodes = [peer_id for peer_id, peer in swarm.peers.items() if not peer.origin]
-        position = nodes.index(own_id) if own_id in nodes else len(nodes)
+        # announce() has just put the node into the swarm.
+        position = nodes.index(own_id)
         if request.left > 0:
             neighbours = nodes[max(0, position - CHAIN_UPSTREAM):position]
         else:
             neighbours = nodes[position + 1:position + 1 + CHAIN_UPSTREAM]
         peers = [swarm.peers[peer_id].address for peer_id in neighbours]
 
-        if request.left > 0 and swarm.origins and (not peers
-                                                   or self._gets_origin(swarm, own_id)):
+        if request.left == 0 or not swarm.origins:
+            return peers[:request.numwant]
+
+        if not peers or self._gets_origin(swarm, own_id):
             swarm.origin_assigned.add(own_id)
             peers = [peer.address for peer in swarm.origins.values()] + peers
 

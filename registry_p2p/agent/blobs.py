@@ -416,8 +416,9 @@ class BlobService:
     def _stall_report(self, info_hash):
         try:
             return self.session.stall_report(info_hash).result(10)
-        except Exception as exc:  # a diagnostic must not end the download
-            log.warning("no stall report for torrent %s: %r", info_hash, exc)
+        except Exception as exc:
+            # The report is a diagnostic, so its failure does not end the download.
+            log.warning("stall report of torrent %s failed: %r", info_hash, exc)
             return "no report"
 
     def _verify(self, path, hex_digest):

@@ -207,7 +207,7 @@ class LinkTrace:
     """Samples, every LINK_TRACE_SECONDS in a thread, the byte counters of the registry
     host's link and of each agent host's link (``--trace-links``).
 
-    Each sample is [seconds since start, [registry rx, tx], [agent0 rx, tx], ...];
+    Each sample is [seconds since start, [registry rx, tx], [agent0 rx, tx], ...].
     link_use() turns consecutive samples into rates.
     """
 
