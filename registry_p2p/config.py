@@ -389,12 +389,13 @@ AGENT_OPTIONS = (
     Option("p2p.stall_timeout", positive_seconds, 20.0,
            "Seconds without download progress after which the agent gives up "
            "on BitTorrent and fetches the blob from the registry."),
-    Option("p2p.stream", boolean, True,
+    Option("p2p.stream", boolean, False,
            "Send a blob that is not cached to the client while it downloads, "
            "in order as its pieces arrive, instead of after the whole download "
            "is verified. If the download fails after part of the blob was sent, "
-           "the rest comes from the registry. false waits for the whole "
-           "download first."),
+           "the rest comes from the registry. Off by default: a streamed "
+           "download has been seen to stall with one piece missing (see "
+           "docs/architecture.md)."),
     Option("p2p.stream_deadline_bytes", non_negative_int, 0,
            "Bytes ahead of a streaming client whose pieces get libtorrent "
            "deadlines, so they are fetched first; the piece the client waits "

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # arenas. Measured on a 2-core VM over loopback, an agent streaming a
 # 1 GiB blob peaked at about 110 MiB more anonymous memory than one that
 # waited for the whole download.
+# TODO: with three agents streaming one layer, two stalled with the same
+# piece missing while their peer that had the whole blob showed no pieces
+# (tests/integration/test_p2p_pull.py); the cause is not found, so
+# p2p.stream is off by default.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 MIN_READ_AHEAD_PIECES = 2
 FILE_CHUNK = 1024 * 1024

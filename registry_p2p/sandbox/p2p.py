@@ -141,7 +141,7 @@ class AgentService(_Service):
         super().__init__(workdir, host, netns, python)
         p2p = {"stall_timeout": options.pop("stall_timeout", 20),
                "min_blob_size": options.pop("min_blob_size", 1024 * 1024),
-               "stream": options.pop("stream", True),
+               "stream": options.pop("stream", False),
                "stream_deadline_bytes": options.pop("stream_deadline_bytes", 0)}
         top = {
             "listen": f"{host}:{self.port}",
