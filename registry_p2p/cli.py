@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _sidecar(args):
-    from sidecar.main import run
+    from registry_p2p.sidecar.main import run
 
     config = configuration.load(configuration.SIDECAR_OPTIONS, args.config)
     logs.setup(config["log_level"], "registry-p2p-sidecar")

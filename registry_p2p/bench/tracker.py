@@ -183,7 +183,7 @@ def _sidecar_processes(root_pid):
 
     groups = {"gunicorn": [], "seeder": []}
     for pid in tree:
-        role = "seeder" if b"sidecar.seeder" in commands.get(pid, b"") else "gunicorn"
+        role = "seeder" if b"registry_p2p.sidecar.seeder" in commands.get(pid, b"") else "gunicorn"
         groups[role].append(pid)
 
     return groups

@@ -2,9 +2,9 @@
 
 A driver reads distribution 2.8's layout (see ``registry_p2p.layout``) and
 never writes to it. Drivers are chosen by the name in ``storage.driver``
-from DRIVERS, which names each driver class by import path: the Swift
-driver lives in the separate ``swift_backend`` package, which itself
-imports this package's base class.
+from DRIVERS, which names each driver class by import path, so that a
+driver's libraries (boto3, python-swiftclient) are imported only when it is
+used.
 """
 
 import importlib
@@ -16,7 +16,7 @@ DRIVERS = {
     "filesystem": "registry_p2p.storage.filesystem:FilesystemDriver",
     "s3": "registry_p2p.storage.s3:S3Driver",
     "registry": "registry_p2p.storage.registry:RegistryDriver",
-    "swift": "swift_backend.driver:SwiftDriver",
+    "swift": "registry_p2p.storage.swift.driver:SwiftDriver",
 }
 
 

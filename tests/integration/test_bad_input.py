@@ -18,7 +18,7 @@ import requests
 from registry_p2p.sandbox.image import push_image
 from registry_p2p.sandbox.process import free_port
 from registry_p2p.sandbox.pull import pull_image
-from sidecar import ipc
+from registry_p2p.sidecar import ipc
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from registry_p2p.sandbox.image import RandomLayer, build_image, push_image
 from registry_p2p.sandbox.p2p import SidecarService
 from registry_p2p.sandbox.registry import Registry
 from registry_p2p.sandbox.swift import Swift
-from swift_backend import driver as swift_driver
+from registry_p2p.storage.swift import driver as swift_driver
 
 pytestmark = [
     pytest.mark.integration,

@@ -5,7 +5,7 @@ import json
 from werkzeug.test import Client
 
 from registry_p2p.errors import P2PError
-from sidecar.announce import AnnounceEndpoint
+from registry_p2p.sidecar.announce import AnnounceEndpoint
 
 QUERY = "info_hash=%00%ffA%2B%26%3D%25z" + "%80" * 12 + "&peer_id=-LT2080-abcdefghijkl&port=6881"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from registry_p2p.errors import RegistryHTTPError
-from sidecar.notifications import (Event, check_secret, manifest_blobs, manifest_children,
+from registry_p2p.sidecar.notifications import (Event, check_secret, manifest_blobs, manifest_children,
                                    parse_envelope)
 
 HEX_A = "a" * 64

@@ -9,7 +9,7 @@ from multiprocessing.connection import Listener
 import pytest
 
 from registry_p2p.errors import P2PError
-from sidecar import ipc
+from registry_p2p.sidecar import ipc
 
 
 class FakeSeeder:

@@ -9,7 +9,7 @@ from swiftclient.client import ClientException, Connection
 
 from registry_p2p import config
 from registry_p2p.errors import ConfigError
-from swift_backend import auth
+from registry_p2p.storage.swift import auth
 
 KEYSTONE_URL = "https://keystone.example.org:5000/v3"
 TEMPAUTH_URL = "https://swift.example.org/auth/v1.0"
@@ -199,7 +199,7 @@ def test_keystone_password_arguments(options, expected):
 
 
 def test_trust_over_tenant_logged(caplog):
-    caplog.set_level(logging.WARNING, logger="swift_backend.auth")
+    caplog.set_level(logging.WARNING, logger="registry_p2p.storage.swift.auth")
 
     auth.keystone_password_arguments(swift_config(trustid="t1"))
 

@@ -6,7 +6,7 @@ from registry_p2p import storage
 from registry_p2p.storage.base import StorageDriver
 from registry_p2p.errors import StorageError
 from registry_p2p.storage.parallel import Part
-from swift_backend.driver import SwiftDriver, _complete_numbering
+from registry_p2p.storage.swift.driver import SwiftDriver, _complete_numbering
 
 def test_swift_object_names_follow_prefix():
     with_prefix = SwiftDriver(connect=None, container="registry", prefix="/p2p/")

@@ -1,5 +1,5 @@
 """Swift storage driver: reads docker-registry's swift storage with python-swiftclient."""
 
-from swift_backend.driver import SwiftDriver
+from registry_p2p.storage.swift.driver import SwiftDriver
 
 __all__ = ["SwiftDriver"]

@@ -20,7 +20,7 @@ from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import RegistryP2PError
 from registry_p2p.session import TorrentSession
 from registry_p2p.tracker import AnnounceError, PeerTable, compact_reply, failure_reply, parse_announce
-from sidecar import ipc
+from registry_p2p.sidecar import ipc
 
 log = logging.getLogger(__name__)
 

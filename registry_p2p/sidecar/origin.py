@@ -7,7 +7,7 @@ from registry_p2p.blobcache import LockTimeout
 from registry_p2p.errors import (BlobNotFound, DigestMismatch, RegistryHTTPError, StorageError,
                                  blob_unknown, unavailable)
 from registry_p2p.registry_api import head_blob
-from sidecar.seeder import blob_metainfo
+from registry_p2p.sidecar.seeder import blob_metainfo
 
 log = logging.getLogger(__name__)
 

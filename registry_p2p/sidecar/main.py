@@ -1,4 +1,4 @@
-"""Start a sidecar: the seeder process, then gunicorn serving ``sidecar.app``."""
+"""Start a sidecar: the seeder process, then gunicorn serving ``registry_p2p.sidecar.app``."""
 
 import logging
 import subprocess
@@ -9,8 +9,8 @@ from registry_p2p import storage
 from registry_p2p.config import create_cache_dir
 from registry_p2p.errors import P2PError, RegistryP2PError
 from registry_p2p.server import GunicornServer, gunicorn_options
-from sidecar.app import create_app
-from sidecar.ipc import SeederClient
+from registry_p2p.sidecar.app import create_app
+from registry_p2p.sidecar.ipc import SeederClient
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ SEEDER_START_TIMEOUT = 30.0
 
 def start_seeder(config):
     """Start the seeder process and wait until it responds on its socket."""
-    command = [sys.executable, "-m", "sidecar.seeder", "-c", config.source]
+    command = [sys.executable, "-m", "registry_p2p.sidecar.seeder", "-c", config.source]
     process = subprocess.Popen(command)
     client = SeederClient(config["cache_dir"])
     deadline = time.monotonic() + SEEDER_START_TIMEOUT

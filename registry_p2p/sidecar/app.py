@@ -10,12 +10,12 @@ from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import P2PError, RegistryHTTPError, unavailable
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
-from sidecar import notifications
-from sidecar.announce import AnnounceEndpoint
-from sidecar.ipc import SeederClient
-from sidecar.origin import Origin
-from sidecar.seeder import tracker_urls
-from sidecar.sweeper import StorageSweeper
+from registry_p2p.sidecar import notifications
+from registry_p2p.sidecar.announce import AnnounceEndpoint
+from registry_p2p.sidecar.ipc import SeederClient
+from registry_p2p.sidecar.origin import Origin
+from registry_p2p.sidecar.seeder import tracker_urls
+from registry_p2p.sidecar.sweeper import StorageSweeper
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from registry_p2p import layout
 from registry_p2p.errors import BlobNotFound, ConfigError, StorageError
 from registry_p2p.storage.base import StorageDriver
 from registry_p2p.storage.parallel import ChunkReader, Part, PartReader, part_pool
-from swift_backend import auth
+from registry_p2p.storage.swift import auth
 
 try:
     import requests
