@@ -155,15 +155,16 @@ def _example_config(args):
 
 def _check_config(args):
     options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
-    config = configuration.load(options[args.process], args.config)
-    if args.process == "agent":
+    process = args.process or configuration.guess_process(args.config)
+    config = configuration.load(options[process], args.config)
+    if process == "agent":
         from registry_p2p.agent.main import build_connect_handler
 
         Upstreams(config["registries"], config["default_registry"])
         build_connect_handler(config)
     else:
         storage.check_driver_config(config)
-    print(f"{args.config}: valid {args.process} configuration")
+    print(f"{args.config}: valid {process} configuration")
 
 
 def build_parser():
@@ -211,8 +212,12 @@ def build_parser():
     example.add_argument("process", choices=("sidecar", "agent"))
     example.set_defaults(func=_example_config)
 
-    check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("process", choices=("sidecar", "agent"))
+    check = commands.add_parser(
+        "check-config", help="validate a config file and exit",
+        description="Validate a config file as the sidecar or agent would at start, "
+                    "without starting anything. Without sidecar or agent, the file's "
+                    "keys tell which it is.")
+    check.add_argument("process", nargs="?", choices=("sidecar", "agent"))
     check.add_argument("config", help="config file (TOML)")
     check.set_defaults(func=_check_config)
 

@@ -183,13 +183,20 @@ def registries(value):
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}; "
                              "known keys are name, url, sidecars, ca_bundle")
 
-        try:
-            name = string(table.get("name"))
-            url = http_url(table.get("url"))
-            sidecars = tuple(url_list(table.get("sidecars", [])))
-            ca_bundle = ca_bundle_file(table.get("ca_bundle", ""))
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        for required in ("name", "url"):
+            if required not in table:
+                raise ValueError(f"{where}: {required} is missing")
+
+        fields = {}
+        parsers = (("name", string, None), ("url", http_url, None),
+                   ("sidecars", url_list, []), ("ca_bundle", ca_bundle_file, ""))
+        for field, parse, default in parsers:
+            try:
+                fields[field] = parse(table.get(field, default))
+            except ValueError as exc:
+                raise ValueError(f"{where}.{field}: {exc}") from None
+        name, url, ca_bundle = fields["name"], fields["url"], fields["ca_bundle"]
+        sidecars = tuple(fields["sidecars"])
 
         if not name or "/" in name:
             raise ValueError(f"{where}: name must be the registry host as it appears "
@@ -438,8 +445,35 @@ def create_cache_dir(path):
                           f"set cache_dir to a writable directory") from None
 
 
-def load(options, config_path=None, text=None):
-    """Read and validate a TOML config; ConfigError names the file, key and value."""
+def guess_process(config_path):
+    """Return "sidecar" or "agent" for a config file, from the keys only one of them has.
+
+    A file with neither kind of key, such as an empty one, is identified by
+    its name (sidecar.toml, agent.toml). Raises ConfigError when neither works.
+    """
+    document = _read_document(config_path)
+    keys = set(_flatten(document, SIDECAR_OPTIONS)) | set(_flatten(document, AGENT_OPTIONS))
+    sidecar_keys, agent_keys = _known_keys(SIDECAR_OPTIONS), _known_keys(AGENT_OPTIONS)
+    is_sidecar = bool(keys & (sidecar_keys - agent_keys))
+    is_agent = bool(keys & (agent_keys - sidecar_keys))
+
+    if is_sidecar != is_agent:
+        return "sidecar" if is_sidecar else "agent"
+    stem = Path(config_path).stem
+    if not is_sidecar and stem in ("sidecar", "agent"):
+        return stem
+    raise ConfigError(f"cannot tell whether {config_path} is a sidecar or an agent config; "
+                      f"run: registry-p2p check-config sidecar|agent {config_path}")
+
+
+def _known_keys(options):
+    """Return the keys a config file may contain: the options and their secret files."""
+    return ({option.key for option in options}
+            | {option.key + FILE_SUFFIX for option in options if option.secret})
+
+
+def _read_document(config_path, text=None):
+    """Parse the TOML of ``config_path`` (or ``text``); ConfigError names the file."""
     source = str(config_path) if config_path is not None else "<defaults>"
     if text is None and config_path is not None:
         try:
@@ -448,14 +482,18 @@ def load(options, config_path=None, text=None):
             raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
 
     try:
-        document = tomllib.loads(text or "")
+        return tomllib.loads(text or "")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
 
+
+def load(options, config_path=None, text=None):
+    """Read and validate a TOML config; ConfigError names the file, key and value."""
+    source = str(config_path) if config_path is not None else "<defaults>"
+    document = _read_document(config_path, text)
+
     flat = _flatten(document, options)
-    known = {option.key for option in options}
-    known |= {option.key + FILE_SUFFIX for option in options if option.secret}
-    unknown = sorted(set(flat) - known)
+    unknown = sorted(set(flat) - _known_keys(options))
     if unknown:
         raise ConfigError(f"config file {source}: unknown key {unknown[0]!r}; "
                           f"see the example config for the known keys")
@@ -543,15 +581,29 @@ def _comment(text):
     return ["# " + line for line in textwrap.wrap(text, width=76)]
 
 
+# The registry and sidecar of the default sidecar config on the same host
+# (registry_url, public_url). An agent needs at least one registry, so the
+# example config names this one and the installed agent package starts.
+EXAMPLE_REGISTRY = {
+    "name": "127.0.0.1:5000",
+    "url": "http://127.0.0.1:5000",
+    "sidecars": ["http://127.0.0.1:5050"],
+    "ca_bundle": "",
+}
+
+
 def _registries_example(option):
     return [
         "",
         *_comment(option.help),
-        "# [[registries]]",
-        '# name = "registry.example.org"',
-        '# url = "https://registry.example.org"',
-        '# sidecars = ["http://registry-host-1.example.org:5050"]',
-        '# ca_bundle = ""',
+        "# The table below names the docker-registry and sidecar of the default",
+        "# sidecar config on the same host. Replace it with your registry's, and add",
+        "# one [[registries]] table per registry, for example:",
+        '#   name = "registry.example.org"',
+        '#   url = "https://registry.example.org"',
+        '#   sidecars = ["https://registry-host-1.example.org:5050"]',
+        "[[registries]]",
+        *(f"{key} = {_toml_value(value)}" for key, value in EXAMPLE_REGISTRY.items()),
     ]
 
 

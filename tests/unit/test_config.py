@@ -74,13 +74,13 @@ def test_example_lists_every_option(options):
     example = config.example_config(options, "example")
     keys = flatten(tomllib.loads(example))
 
-    assert keys == {option.key for option in options if option.key != "registries"}
+    assert keys == {option.key for option in options}
 
 
 def test_example_shows_registries_table():
     example = config.example_config(AGENT_OPTIONS, "agent example")
 
-    assert "# [[registries]]" in example.splitlines()
+    assert "[[registries]]" in example.splitlines()
 
 
 @pytest.mark.parametrize("options", OPTION_SETS)
@@ -99,20 +99,18 @@ def test_example_loads_to_defaults(options):
     loaded = config.load(options, text=config.example_config(options, "example"))
 
     for option in options:
-        assert loaded[option.key] == defaults[option.key], option.key
+        if option.key != "registries":
+            assert loaded[option.key] == defaults[option.key], option.key
 
 
-def test_example_registries_uncommented_load():
-    lines = config.example_config(AGENT_OPTIONS, "agent example").splitlines()
-    start = lines.index("# [[registries]]")
-    text = "\n".join(lines[:start] + [line.removeprefix("# ") for line in lines[start:]])
+def test_example_registry_is_the_default_sidecar_on_this_host():
+    agent = load_agent(config.example_config(AGENT_OPTIONS, "agent example"))
+    sidecar = config.load(SIDECAR_OPTIONS)
 
-    loaded = load_agent(text)
-
-    assert loaded["registries"] == (Registry(
-        name="registry.example.org",
-        url="https://registry.example.org",
-        sidecars=("http://registry-host-1.example.org:5050",),
+    assert agent["registries"] == (Registry(
+        name="127.0.0.1:5000",
+        url=sidecar["registry_url"],
+        sidecars=(sidecar["public_url"],),
     ),)
 
 
