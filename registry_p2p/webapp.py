@@ -1,6 +1,7 @@
 """Flask plumbing shared by the sidecar and the agent."""
 
 import logging
+import re
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -13,6 +14,13 @@ log = logging.getLogger(__name__)
 
 
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED", 416: "RANGE_INVALID"}
+
+# Blob and manifest paths, whose repository and reference go into the log fields.
+_OBJECT_PATH_RE = re.compile(
+    r"/v2/(?P<repository>.+)/(?:blobs|manifests)/(?P<reference>[^/]+)\Z", re.DOTALL)
+
+# Paths that monitoring polls; their successful requests are logged at DEBUG.
+_QUIET_PREFIXES = ("/p2p/v1/stats", "/p2p/v1/status", "/metrics", "/healthz")
 
 
 def error_response(error):
@@ -40,16 +48,28 @@ def create_flask_app(name):
     @app.before_request
     def start_request():
         logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+        match = _OBJECT_PATH_RE.match(request.path)
+        if match and match.group("reference") != "uploads":
+            reference = match.group("reference")
+            logs.set_blob(match.group("repository"),
+                          reference if ":" in reference else None)
 
     @app.after_request
     def tag_response(response):
         response.headers.setdefault(logs.REQUEST_ID_HEADER, logs.current_request_id())
+        if response.status_code < 400:
+            quiet = request.path.startswith(_QUIET_PREFIXES)
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s %s -> %d%s", request.method,
+                    logs.printable(request.path), response.status_code,
+                    "" if response.content_length is None
+                    else f" ({response.content_length} bytes)")
+
         return response
 
     @app.errorhandler(RegistryHTTPError)
     def registry_error(error):
-        log.info("%s %s -> %d %s: %s", request.method, request.path, error.status,
-                 error.code, error.detail or error.message)
+        log.info("%s %s -> %d %s: %s", request.method, logs.printable(request.path),
+                 error.status, error.code, error.detail or error.message)
         return error_response(error)
 
     @app.errorhandler(HTTPException)
@@ -59,14 +79,15 @@ def create_flask_app(name):
         code = HTTP_ERROR_CODES.get(error.code, "UNSUPPORTED")
         headers = {name: value for name, value in error.get_headers()
                    if name.lower() != "content-type"}
-        log.info("%s %s -> %d %s", request.method, request.path, error.code, code)
+        log.info("%s %s -> %d %s", request.method, logs.printable(request.path), error.code,
+                 code)
         return error_response(RegistryHTTPError(error.code, code, error.name,
                                                 detail=f"{request.method} {request.path}",
                                                 headers=headers))
 
     @app.errorhandler(Exception)
     def unexpected(error):
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, logs.printable(request.path))
         return error_response(RegistryHTTPError(500, "UNKNOWN", "internal error",
                                                 detail=type(error).__name__))
 

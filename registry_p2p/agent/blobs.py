@@ -320,6 +320,7 @@ class BlobService:
                    authorization):
         # The download's log lines carry the id of the request that started it.
         logs.new_request_id(request_id)
+        logs.set_blob(repository, digest)
         try:
             # Another request may have completed this blob between the cache
             # check in get() and starting this download.
