@@ -74,6 +74,12 @@ def peer_fingerprint(role):
     return f"-R{role}{major}{minor}{patch}0-"[:8]
 
 
+def _peer(alert):
+    """Return the address of a peer alert's peer as host:port."""
+    host, port = alert.endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _pipe():
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
@@ -148,6 +154,8 @@ class TorrentSession:
             lt.torrent_deleted_alert: self._on_torrent_deleted,
             lt.torrent_delete_failed_alert: self._on_torrent_delete_failed,
             lt.hash_failed_alert: self._on_hash_failed,
+            lt.peer_ban_alert: self._on_peer_ban,
+            lt.peer_error_alert: self._on_peer_error,
             lt.tracker_error_alert: self._on_tracker_error,
             lt.listen_failed_alert: self._on_listen_failed,
             lt.listen_succeeded_alert: self._on_listen_succeeded,
@@ -217,8 +225,14 @@ class TorrentSession:
             self._run_commands(session)
             for alert in session.pop_alerts():
                 handler = self._alert_handlers.get(type(alert))
-                if handler is not None:
+                if handler is None:
+                    continue
+                # A failing handler loses one alert, not the thread that owns the session.
+                try:
                     handler(alert)
+                except Exception:
+                    log.exception("handling libtorrent %s failed: %s", type(alert).__name__,
+                                  alert.message())
 
             if time.monotonic() - last_poll >= POLL_INTERVAL:
                 self._poll(session)
@@ -314,7 +328,8 @@ class TorrentSession:
                            | lt.alert.category_t.tracker_notification
                            | lt.alert.category_t.stats_notification
                            | lt.alert.category_t.block_progress_notification
-                           | lt.alert.category_t.piece_progress_notification),
+                           | lt.alert.category_t.piece_progress_notification
+                           | lt.alert.category_t.peer_notification),
         }
 
     # Work submitted by other threads
@@ -659,6 +674,14 @@ class TorrentSession:
     def _on_hash_failed(self, alert):
         log.warning("piece %d of torrent %s failed its hash check; its peers sent bad data",
                     alert.piece_index, alert.handle.info_hash())
+
+    def _on_peer_ban(self, alert):
+        log.warning("banned peer %s of torrent %s: it sent corrupt pieces", _peer(alert),
+                    alert.handle.info_hash())
+
+    def _on_peer_error(self, alert):
+        log.debug("connection to peer %s of torrent %s failed: %s", _peer(alert),
+                  alert.handle.info_hash(), alert.message())
 
     def _on_tracker_error(self, alert):
         log.warning("tracker %s for torrent %s: %s",
