@@ -7,6 +7,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from registry_p2p import digest as digests
 from registry_p2p import logs
 from registry_p2p.errors import RegistryHTTPError
 
@@ -45,6 +46,10 @@ def create_flask_app(name):
     app = Flask(name)
     app.url_map.converters["path"] = _PathConverter
 
+    # werkzeug would answer "//" in a path with an HTML redirect to the merged
+    # path. validate_api_path() rejects such paths in the registry's format.
+    app.url_map.merge_slashes = False
+
     @app.before_request
     def start_request():
         logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
@@ -53,6 +58,8 @@ def create_flask_app(name):
             reference = match.group("reference")
             logs.set_blob(match.group("repository"),
                           reference if ":" in reference else None)
+
+        digests.validate_api_path(request.path)
 
     @app.after_request
     def tag_response(response):

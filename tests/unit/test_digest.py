@@ -2,7 +2,7 @@
 
 import pytest
 
-from registry_p2p.digest import is_digest, parse_digest, validate_repository
+from registry_p2p.digest import is_digest, parse_digest, validate_api_path, validate_repository
 from registry_p2p.errors import RegistryHTTPError
 
 HEX = "0123456789abcdef" * 4
@@ -141,4 +141,35 @@ def test_repository_invalid_code(name):
     with pytest.raises(RegistryHTTPError) as caught:
         validate_repository(name)
 
+    assert caught.value.code == "NAME_INVALID"
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/",
+    "/v2/_catalog",
+    "/v2/library/alpine/manifests/3.19",
+    "/v2/library/alpine/blobs/uploads/",
+    "/v2/localhost:5000/library/alpine/blobs/sha256:" + "a" * 64,
+    "/v2/a/tags/b/tags/list",
+    "/healthz",
+])
+def test_api_path_valid(path):
+    validate_api_path(path)
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/../etc/passwd/blobs/x",
+    "/v2/library/./alpine/manifests/latest",
+    "/v2//etc/passwd/manifests/latest",
+    "/v2/library/alpine/blobs/uploads/../../x",
+    "/v2/library/alpine/manifests/..",
+    "/v2/library/Alpine/manifests/latest",
+    "/v2/library\x00alpine/manifests/latest",
+    "/v2/" + "a" * 300 + "/manifests/latest",
+])
+def test_api_path_invalid(path):
+    with pytest.raises(RegistryHTTPError) as caught:
+        validate_api_path(path)
+
+    assert caught.value.status == 400
     assert caught.value.code == "NAME_INVALID"
