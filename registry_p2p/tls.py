@@ -91,8 +91,8 @@ def _load_certificate(source, path):
         # certificates may follow it in the same file.
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
-        raise ConfigError(f"config file {source}: key 'tls_certificate': {path} does not "
-                          f"start with a PEM certificate: {exc}") from None
+        raise ConfigError(f"config file {source}: key 'tls_certificate': {path} contains "
+                          f"no PEM certificate: {exc}") from None
 
 
 def _load_private_key(source, path):
