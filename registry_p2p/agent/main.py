@@ -64,8 +64,6 @@ def build_app(config):
     cache = BlobCache(config["cache_dir"])
     cache.remove_leftovers()
 
-    tls.trust_for_https_trackers([registry.ca_bundle for registry in config["registries"]],
-                                 config["cache_dir"])
     host, port = config["torrent.listen"]
     session = TorrentSession(host, port, role="A", overrides=config["torrent.settings"])
     session.start()
@@ -91,6 +89,10 @@ def run(config):
     # fails at once.
     Upstreams(config["registries"], config["default_registry"])
     handler = build_connect_handler(config)
+    # The worker that gunicorn forks inherits SSL_CERT_FILE, which its
+    # libtorrent session reads.
+    tls.trust_for_https_trackers([registry.ca_bundle for registry in config["registries"]],
+                                 config["cache_dir"])
     log.info("agent serving on %s:%d", *config["listen"])
     intercepted = [registry.name for registry in handler.policy.intercepted_registries()]
     if intercepted:
