@@ -159,7 +159,7 @@ class PlainHTTPWorker(ThreadWorker):
 
 
 def gunicorn_options(listen, workers, threads, log_level, certificate="", key=""):
-    """Return gunicorn's settings; with ``certificate`` and ``key`` (PEM paths) it serves HTTPS."""
+    """Return gunicorn's settings. With ``certificate`` and ``key`` (PEM paths) it serves HTTPS."""
     host, port = listen
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     tls = {"certfile": str(certificate), "keyfile": str(key)} if certificate else {}
