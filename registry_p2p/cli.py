@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from registry_p2p import __version__, config as configuration, logs, storage
+from registry_p2p import __version__, config as configuration, logs, storage, tls
 from registry_p2p.agent.upstreams import Upstreams
 from registry_p2p.errors import ConfigError, RegistryP2PError
 from registry_p2p.runtimes import command as configure
@@ -164,6 +164,7 @@ def _check_config(args):
         build_connect_handler(config)
     else:
         storage.check_driver_config(config)
+        tls.check_server_tls(config)
     print(f"{args.config}: valid {process} configuration")
 
 

@@ -35,6 +35,9 @@ class Option:
     # A secret value is never shown in error messages and can be read from
     # the file named by <key>_file.
     secret: bool = False
+    # The value is a file path, and a relative one is relative to the
+    # config file, as the paths of <key>_file are.
+    relative_path: bool = False
 
 
 def positive_int(value):
@@ -115,6 +118,13 @@ def ca_bundle_file(value):
     return value
 
 
+def optional_file(value):
+    """Parse a file path, or the empty string for "not set". The file is checked later."""
+    if not isinstance(value, str):
+        raise ValueError("expected a path string")
+    return value
+
+
 def boolean(value):
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
@@ -143,6 +153,10 @@ def libtorrent_settings(value):
     for name, setting in value.items():
         if not isinstance(setting, (bool, int, str)):
             raise ValueError(f"setting {name!r}: expected an integer, true or false, or a string")
+        if name == "validate_https_trackers" and setting is not True:
+            raise ValueError("setting 'validate_https_trackers' cannot be turned off: "
+                             "https trackers are always verified; give their CA with "
+                             "tracker_ca_bundle (sidecar) or ca_bundle (agent)")
 
     return dict(value)
 
@@ -236,7 +250,24 @@ SIDECAR_OPTIONS = (
            "driver does not use it."),
     Option("public_url", http_url, "http://127.0.0.1:5050",
            "URL under which agents reach this sidecar. Torrents announce to "
-           "<public_url>/announce."),
+           "<public_url>/announce. It must be https:// when tls_certificate is "
+           "set and http:// when it is not."),
+    Option("tls_certificate", optional_file, "",
+           "PEM file of the certificate with which the sidecar serves HTTPS on "
+           "listen, followed by any intermediate CA certificates. Set it and "
+           "tls_key to serve HTTPS; leave both empty to serve plain HTTP. A "
+           "relative path is relative to this file.", relative_path=True),
+    Option("tls_key", optional_file, "",
+           "PEM file of the unencrypted private key of tls_certificate; keep it "
+           "readable by the service user only. A relative path is relative to "
+           "this file.", relative_path=True),
+    Option("tracker_ca_bundle", ca_bundle_file, "",
+           "PEM file of the CAs that the TLS certificates of https announce URLs "
+           "(public_url and trackers) must chain to, in addition to the system's "
+           "CAs, for the seeder's announces. Set it when the sidecars' "
+           "certificates come from a private CA, or the seeder cannot announce "
+           "to its own tracker. A relative path is relative to this file.",
+           relative_path=True),
     Option("trackers", url_list, [],
            "Announce URLs of the other sidecars' trackers, added to every torrent."),
     Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
@@ -372,8 +403,10 @@ AGENT_OPTIONS = (
     Option("registries", registries, [],
            "Registries the agent may contact: name (host[:port] as in image "
            "names), url, the sidecars in front of it, and ca_bundle, a PEM file "
-           "of the CAs that an https url's certificate must chain to (empty: the "
-           "system's CAs). Nothing else is contacted."),
+           "of the CAs that the certificates of an https url and of https "
+           "sidecars must chain to (empty: the system's CAs). libtorrent "
+           "verifies https trackers against the system's CAs and every "
+           "registry's ca_bundle. Nothing else is contacted."),
     Option("proxy.ca_dir", string, "",
            "Directory of the agent's CA (ca.crt, ca.key; create them with "
            "'registry-p2p agent ca'). When set, the agent answers a CONNECT to "
@@ -498,8 +531,9 @@ def load(options, config_path=None, text=None):
         raise ConfigError(f"config file {source}: unknown key {unknown[0]!r}; "
                           f"see the example config for the known keys")
 
-    # Relative secret file paths are relative to the config file, so that
-    # the sidecar finds them whatever its working directory is.
+    # Relative secret file paths and relative_path options are relative to
+    # the config file, so that the sidecar finds them whatever its working
+    # directory is.
     base_dir = Path(config_path).parent if config_path is not None else Path.cwd()
     values = {}
     for option in options:
@@ -507,6 +541,8 @@ def load(options, config_path=None, text=None):
             raw = _secret_from_file(option, flat, source, base_dir)
         else:
             raw = flat.get(option.key, option.default)
+        if option.relative_path and isinstance(raw, str) and raw:
+            raw = str(base_dir / raw)
 
         try:
             values[option.key] = option.parse(raw)

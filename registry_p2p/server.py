@@ -80,7 +80,8 @@ class PlainHTTPWorker(ThreadWorker):
         # gunicorn reads a request without a time limit, so a client that
         # sends half a request would hold this thread for good.
         conn.sock.settimeout(SOCKET_TIMEOUT)
-        if not getattr(conn, "tls_checked", False):
+        # On an HTTPS port a handshake is what the worker expects.
+        if not self.cfg.is_ssl and not getattr(conn, "tls_checked", False):
             conn.tls_checked = True
             # A new context, because the thread's context still carries the
             # id of the last request it served.
@@ -157,11 +158,14 @@ class PlainHTTPWorker(ThreadWorker):
             log.info("cannot reject the TLS handshake from %s: %s", conn.client, exc)
 
 
-def gunicorn_options(listen, workers, threads, log_level):
+def gunicorn_options(listen, workers, threads, log_level, certificate="", key=""):
+    """Return gunicorn's settings. With ``certificate`` and ``key`` (PEM paths) it serves HTTPS."""
     host, port = listen
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    tls = {"certfile": str(certificate), "keyfile": str(key)} if certificate else {}
 
     return {
+        **tls,
         "bind": [bind],
         "workers": workers,
         "threads": threads,

@@ -387,6 +387,10 @@ class BlobService:
                 response = self.http.get(url, headers=headers,
                                          timeout=(self.timeout, self.metainfo_timeout))
             except requests.RequestException as exc:
+                # The exception's text gives the reason, such as a certificate that
+                # does not chain to the registry's ca_bundle.
+                log.warning("metainfo request for %s in %s to sidecar %s failed: %s: %s",
+                            digest, repository, sidecar, type(exc).__name__, exc)
                 errors.append(f"{sidecar}: {type(exc).__name__}")
                 continue
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from registry_p2p import httpclient
+from registry_p2p import httpclient, tls
 from registry_p2p.agent import certificates
 from registry_p2p.agent.app import create_app
 from registry_p2p.agent.blobs import BlobService
@@ -41,11 +41,18 @@ def build_connect_handler(config):
 
 
 def new_http_session(config):
-    """Return the HTTP session for registries and sidecars, trusting each registry's ca_bundle."""
+    """Return the HTTP session for registries and sidecars, trusting each registry's ca_bundle.
+
+    A registry's ca_bundle verifies its url and the urls of its sidecars,
+    which serve the same registry and usually get certificates from the
+    same CA.
+    """
     http = httpclient.new_session(config["threads"])
     for registry in config["registries"]:
-        if registry.ca_bundle:
-            httpclient.trust_ca_bundle(http, registry.url, registry.ca_bundle, config["threads"])
+        if not registry.ca_bundle:
+            continue
+        for url in (registry.url, *registry.sidecars):
+            httpclient.trust_ca_bundle(http, url, registry.ca_bundle, config["threads"])
 
     return http
 
@@ -82,6 +89,10 @@ def run(config):
     # fails at once.
     Upstreams(config["registries"], config["default_registry"])
     handler = build_connect_handler(config)
+    # The worker that gunicorn forks inherits SSL_CERT_FILE, which its
+    # libtorrent session reads.
+    tls.trust_for_https_trackers([registry.ca_bundle for registry in config["registries"]],
+                                 config["cache_dir"])
     log.info("agent serving on %s:%d", *config["listen"])
     intercepted = [registry.name for registry in handler.policy.intercepted_registries()]
     if intercepted:

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import ssl
 import sys
 import urllib.request
 from pathlib import Path
@@ -65,10 +66,13 @@ class _Service:
         self.config_path = self.workdir / f"{self.name}.toml"
         self.cache_dir = self.workdir / "cache"
         self.process = None
+        # PEM file of the CA of the service's HTTPS certificate, or None for plain HTTP.
+        self.ca_path = None
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.ca_path is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self):
         self.process = ManagedProcess(
@@ -76,7 +80,8 @@ class _Service:
                         str(self.config_path)],
             self.workdir / f"{self.name}.log", env=python_environment(), netns=self.netns)
         self.process.start()
-        self.process.wait_http(f"{self.url}/healthz", timeout=60, expect_status=200)
+        self.process.wait_http(f"{self.url}/healthz", timeout=60, expect_status=200,
+                               ca_bundle=self.ca_path)
         return self
 
     def stop(self):
@@ -84,7 +89,10 @@ class _Service:
             self.process.stop(timeout=20)
 
     def stats(self):
-        with urllib.request.urlopen(f"{self.url}/p2p/v1/stats", timeout=10) as response:
+        context = None if self.ca_path is None else ssl.create_default_context(
+            cafile=str(self.ca_path))
+        with urllib.request.urlopen(f"{self.url}/p2p/v1/stats", timeout=10,
+                                    context=context) as response:
             return json.load(response)
 
     def __enter__(self):
@@ -98,14 +106,22 @@ class SidecarService(_Service):
     name = "sidecar"
 
     def __init__(self, workdir, registry_url, storage_root, host="127.0.0.1", netns=None,
-                 workers=2, storage=None, sections=None, **options):
+                 workers=2, storage=None, sections=None, tls=None, **options):
         """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``.
+
+        ``tls`` (a sandbox.tls.ServerCertificate) makes the sidecar serve
+        HTTPS with that certificate, and its seeder trust that CA for its
+        announces.
 
         ``sections`` adds config tables, such as {"notifications": {"secret": ...}},
         or keys to the service's own tables, such as {"tracker": {"origin_fanout": 4}}.
         ``upload_rate_limit`` is the seeder's torrent.upload_rate_limit in bytes/s.
         """
         super().__init__(workdir, host, netns)
+        if tls is not None:
+            self.ca_path = tls.ca_path
+            options = {"tls_certificate": str(tls.certificate_path), "tls_key": str(tls.key_path),
+                       "tracker_ca_bundle": str(tls.ca_path), **options}
         storage = storage or {"filesystem": {"rootdirectory": str(storage_root)}}
         (driver, driver_options), = storage.items()
         tables = {

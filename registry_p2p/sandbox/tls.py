@@ -42,19 +42,22 @@ def _write_key(path, key):
     path.chmod(0o600)
 
 
-def make_server_certificate(directory: Path, host: str) -> ServerCertificate:
+def make_server_certificate(directory: Path, host: str,
+                            ca_name: str = "registry-p2p sandbox test CA") -> ServerCertificate:
     """Create a test CA and a certificate for `host` (IP address or DNS name) signed by it.
 
     Writes ca.crt, server.crt (the certificate followed by the CA) and
-    server.key into `directory`.
+    server.key into `directory`. CAs with different `ca_name`s let a
+    client's failed verification report an unknown issuer instead of a bad
+    signature.
     """
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_certificate = (
         x509.CertificateBuilder()
-        .subject_name(_name("registry-p2p sandbox test CA"))
-        .issuer_name(_name("registry-p2p sandbox test CA"))
+        .subject_name(_name(ca_name))
+        .issuer_name(_name(ca_name))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from registry_p2p import storage
+from registry_p2p import storage, tls
 from registry_p2p.config import create_cache_dir
 from registry_p2p.errors import P2PError, RegistryP2PError
 from registry_p2p.server import GunicornServer, gunicorn_options
@@ -45,15 +45,19 @@ def run(config):
     # Every gunicorn worker creates the driver; a bad setting is reported
     # once here instead of by each worker's traceback.
     storage.check_driver_config(config)
+    tls.check_server_tls(config)
     create_cache_dir(config["cache_dir"])
     seeder = start_seeder(config)
-    log.info("sidecar fronting %s, serving on %s:%d", config["registry_url"], *config["listen"])
+    scheme = "HTTPS" if config["tls_certificate"] else "plain HTTP"
+    log.info("sidecar fronting %s, serving %s on %s:%d", config["registry_url"], scheme,
+             *config["listen"])
     # NOTE: a seeder that dies is not restarted; /healthz turns 503 and
     # metainfo requests fail until the sidecar is restarted, while the
     # registry proxy keeps working.
     try:
         options = gunicorn_options(config["listen"], config["workers"], config["threads"],
-                                   config["log_level"])
+                                   config["log_level"], certificate=config["tls_certificate"],
+                                   key=config["tls_key"])
         GunicornServer(lambda: create_app(config), options).run()
     finally:
         seeder.terminate()

@@ -15,7 +15,7 @@ import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Listener
 
-from registry_p2p import config as configuration, logs, torrent
+from registry_p2p import config as configuration, logs, tls, torrent
 from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import RegistryP2PError
 from registry_p2p.session import TorrentSession
@@ -69,6 +69,7 @@ class Seeder:
 
     def start(self):
         self.cache.remove_leftovers()
+        tls.trust_for_https_trackers([self.config["tracker_ca_bundle"]], self.config["cache_dir"])
         self.session.start()
         for hex_digest in self.cache.cached_digests():
             try:
