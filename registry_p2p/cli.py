@@ -171,8 +171,12 @@ def _status(args):
 
     url = args.url
     if url is None:
-        url = status.url_from_config(args.process,
-                                     args.config or status.DEFAULT_CONFIGS[args.process])
+        config_path = args.config or status.DEFAULT_CONFIGS[args.process]
+        if args.config is None and not Path(config_path).exists():
+            raise ConfigError(f"{args.process} config file {config_path} not found; name the "
+                              f"process with -c CONFIG or --url URL")
+        url = status.url_from_config(args.process, config_path)
+
     print(status.status(args.process, url.rstrip("/"), args.timeout))
 
 

@@ -160,3 +160,14 @@ def test_missing_config_message(capfd, tmp_path):
 
     assert code == 2
     assert "cannot read config file" in capfd.readouterr().err
+
+
+def test_missing_default_config_message(capfd, monkeypatch, tmp_path):
+    monkeypatch.setitem(status.DEFAULT_CONFIGS, "agent", str(tmp_path / "agent.toml"))
+
+    code = cli.main(["status", "agent"])
+
+    assert code == 2
+    error = capfd.readouterr().err
+    assert f"agent config file {tmp_path / 'agent.toml'} not found" in error
+    assert "-c CONFIG or --url URL" in error
