@@ -168,6 +168,20 @@ def _check_config(args):
     print(f"{args.config}: valid {process} configuration")
 
 
+def _status(args):
+    from registry_p2p import status
+
+    url = args.url
+    if url is None:
+        config_path = args.config or status.DEFAULT_CONFIGS[args.process]
+        if args.config is None and not Path(config_path).exists():
+            raise ConfigError(f"{args.process} config file {config_path} not found; name the "
+                              f"process with -c CONFIG or --url URL")
+        url = status.url_from_config(args.process, config_path)
+
+    print(status.status(args.process, url.rstrip("/"), args.timeout))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="registry-p2p",
@@ -221,6 +235,19 @@ def build_parser():
     check.add_argument("process", nargs="?", choices=("sidecar", "agent"))
     check.add_argument("config", help="config file (TOML)")
     check.set_defaults(func=_check_config)
+
+    status = commands.add_parser(
+        "status", help="summarize a running agent or sidecar: swarms, peers, cache use and "
+                       "recent fallbacks")
+    status.add_argument("process", choices=("sidecar", "agent"))
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config",
+                       help="config file whose listen address the process serves on "
+                            "(default /etc/registry-p2p/<process>.toml)")
+    where.add_argument("--url", help="base URL of the process, such as http://127.0.0.1:5080")
+    status.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the process to respond (default 10)")
+    status.set_defaults(func=_status)
 
     _add_bench_parser(commands)
 

@@ -41,7 +41,25 @@ class RegistryAuthError(RegistryP2PError):
 
 
 class P2PError(RegistryP2PError):
-    """A BitTorrent transfer failed; callers fall back to the registry."""
+    """A BitTorrent transfer failed; callers fall back to the registry.
+
+    ``reason`` is one of FALLBACK_REASONS, the ``reason`` label of the
+    agent's fallback metric, so the label has a small fixed set of values
+    while the message carries the details.
+    """
+
+    def __init__(self, message, reason="other"):
+        super().__init__(message)
+        self.reason = reason
+
+
+# Why an agent fell back to the registry. No sidecar returned a torrent, or
+# a sidecar returned an invalid one. The download stopped making progress,
+# or libtorrent reported an error. The downloaded bytes failed the sha256
+# check, or a streamed piece could not be read. Last come unexpected errors
+# and anything else.
+FALLBACK_REASONS = ("no_metainfo", "invalid_metainfo", "stalled", "torrent_error",
+                    "digest_mismatch", "piece_read", "internal_error", "other")
 
 
 class RegistryHTTPError(RegistryP2PError):

@@ -34,6 +34,18 @@ if LIBTORRENT_VERSION < MIN_LIBTORRENT:
 AGENT_DISK_THREADS = 4
 # How often the owner thread refreshes download progress and byte counters.
 POLL_INTERVAL = 0.5
+# The libtorrent session metrics (lt.session_stats_metrics()) that the
+# owner thread keeps: payload and wire bytes, connected peers, torrents by
+# state, piece hash results and disk jobs. registry_p2p.metrics exports them.
+SESSION_STATS = (
+    "net.sent_payload_bytes", "net.recv_payload_bytes", "net.sent_bytes", "net.recv_bytes",
+    "net.recv_failed_bytes", "net.recv_redundant_bytes",
+    "peer.num_peers_connected", "peer.num_peers_half_open", "peer.connect_timeouts",
+    "peer.error_peers",
+    "ses.num_seeding_torrents", "ses.num_downloading_torrents", "ses.num_checking_torrents",
+    "ses.num_piece_passed", "ses.num_piece_failed",
+    "disk.queued_disk_jobs",
+)
 
 
 @dataclass
@@ -138,7 +150,7 @@ class TorrentSession:
         # readers (owner thread only).
         self._piece_deadlines = {}
         self._stream_readers = 0
-        self._counters = {"net.sent_payload_bytes": 0, "net.recv_payload_bytes": 0}
+        self._counters = dict.fromkeys(SESSION_STATS, 0)
         self._metric_index = {}
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -432,7 +444,8 @@ class TorrentSession:
                 return
             if not isinstance(exc, P2PError):
                 log.error("setting piece deadlines on torrent %s failed: %r", info_hash, exc)
-                exc = P2PError(f"setting piece deadlines failed: {type(exc).__name__}: {exc}")
+                exc = P2PError(f"setting piece deadlines failed: {type(exc).__name__}: {exc}",
+                               reason="piece_read")
             for future in futures.values():
                 _fail(future, exc)
 
@@ -495,11 +508,18 @@ class TorrentSession:
         return self._stream_readers
 
     def counters(self):
-        """Return total payload bytes sent and received by this session (thread-safe copy)."""
+        """Return the payload bytes sent and received, the connected peers and the torrents by state."""
         return {
             "uploaded_bytes": self._counters["net.sent_payload_bytes"],
             "downloaded_bytes": self._counters["net.recv_payload_bytes"],
+            "peers_connected": self._counters["peer.num_peers_connected"],
+            "seeding_torrents": self._counters["ses.num_seeding_torrents"],
+            "downloading_torrents": self._counters["ses.num_downloading_torrents"],
         }
+
+    def session_stats(self):
+        """Return the latest values of the SESSION_STATS metrics, by libtorrent name (a copy)."""
+        return dict(self._counters)
 
     # Owner-thread helpers
 
@@ -545,7 +565,8 @@ class TorrentSession:
         if table is None:
             return
 
-        error = P2PError(f"torrent {info_hash} {reason} before its pieces were read")
+        error = P2PError(f"torrent {info_hash} {reason} before its pieces were read",
+                         reason="piece_read")
         for future in table.take_all_reads():
             _fail(future, error)
         self._count_stream_readers()
@@ -633,7 +654,7 @@ class TorrentSession:
             log.warning("reading piece %d of torrent %s failed: %s",
                         alert.piece, info_hash, alert.error.message())
             error = P2PError(f"reading piece {alert.piece} of torrent {info_hash} failed: "
-                             f"{alert.error.message()}")
+                             f"{alert.error.message()}", reason="piece_read")
             for future in waiting:
                 _fail(future, error)
             return

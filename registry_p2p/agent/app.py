@@ -4,12 +4,14 @@ import logging
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
 from registry_p2p import digest as digests
 from registry_p2p.agent.connect import tunnel_registry
+from registry_p2p.agent.metrics import agent_registry
 from registry_p2p.agent.upstreams import remove_first_segment
 from registry_p2p.errors import RegistryHTTPError
+from registry_p2p.metrics import exposition
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.server import CONNECT_EXTENSION
 from registry_p2p.webapp import create_flask_app
@@ -56,6 +58,7 @@ def create_app(config, upstreams, blobs, session):
     app = create_flask_app("registry-p2p-agent")
     http = blobs.http
     timeout = config["upstream_timeout"]
+    metrics_registry = agent_registry(blobs.stats, session, blobs.cache)
 
     @app.route("/v2/", methods=PROXY_METHODS)
     @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
@@ -97,8 +100,21 @@ def create_app(config, upstreams, blobs, session):
 
     @app.get("/p2p/v1/stats")
     def stats():
+        served, fallback_reasons, recent_fallbacks = blobs.stats.events()
+        cache_blobs, cache_bytes = blobs.cache.usage()
+
         return jsonify({**blobs.stats.snapshot(), **session.counters(),
-                        "stream_readers": session.stream_readers()})
+                        "stream_readers": session.stream_readers(),
+                        "served": served,
+                        "fallback_reasons": fallback_reasons,
+                        "recent_fallbacks": recent_fallbacks,
+                        "cache_blobs": cache_blobs,
+                        "cache_bytes": cache_bytes})
+
+    @app.get("/metrics")
+    def metrics():
+        body, content_type = exposition(metrics_registry)
+        return Response(body, content_type=content_type)
 
     @app.get("/healthz")
     def healthz():

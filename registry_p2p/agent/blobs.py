@@ -23,6 +23,7 @@ from werkzeug.http import parse_range_header
 from werkzeug.wsgi import wrap_file
 
 from registry_p2p import logs, torrent
+from registry_p2p.agent.stats import BlobStats
 from registry_p2p.agent.stream import BlobStream, RegistryRange
 from registry_p2p.errors import P2PError
 from registry_p2p.proxy import pass_through
@@ -30,7 +31,6 @@ from registry_p2p.registry_api import head_blob
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FINGERPRINT = "-RS"
 HASH_CHUNK = 1024 * 1024
 
 # Headers that distribution 2.8 sends with every blob it serves itself,
@@ -41,51 +41,6 @@ API_VERSION = "registry/2.0"
 # A suffix range of zero bytes ("bytes=-0"), which werkzeug 2.2 reads as
 # the whole blob.
 _EMPTY_SUFFIX_RANGE = re.compile(r"=\s*-0+\s*\Z")
-
-
-COUNTERS = ("from_sidecars", "from_peers", "from_registry", "from_cache", "fallbacks")
-
-
-class BlobStats:
-    """Per-blob record of where the agent got each blob's bytes."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.blobs = {}
-        self.downloads = {}
-
-    def record(self, hex_digest, **values):
-        """Add to the blob's counters (COUNTERS) and set its other fields."""
-        with self._lock:
-            entry = self.blobs.setdefault(hex_digest, {})
-            for key, value in values.items():
-                entry[key] = entry.get(key, 0) + value if key in COUNTERS else value
-
-    def record_download(self, hex_digest, download, **values):
-        """Attach a finished Download, whose per-peer counts are read at each snapshot.
-
-        libtorrent 2.1 can report the last blocks of a torrent after it
-        reported the torrent finished, so the counts are not final yet.
-        """
-        self.record(hex_digest, **values)
-        with self._lock:
-            self.downloads[hex_digest] = download
-
-    def snapshot(self):
-        with self._lock:
-            blobs = {key: dict(value) for key, value in self.blobs.items()}
-            downloads = dict(self.downloads)
-
-        for hex_digest, download in downloads.items():
-            received = dict(download.bytes_by_client)
-            from_sidecars = sum(count for client, count in received.items()
-                                if client.startswith(SIDECAR_FINGERPRINT))
-            blobs[hex_digest]["from_sidecars"] = from_sidecars
-            blobs[hex_digest]["from_peers"] = sum(received.values()) - from_sidecars
-
-        totals = {key: sum(entry.get(key, 0) for entry in blobs.values()) for key in COUNTERS}
-
-        return {"totals": totals, "blobs": blobs}
 
 
 def single_range(header, size):
@@ -182,12 +137,14 @@ class BlobService:
             # registry's response (206 multipart/byteranges, 416) is the one
             # the client would get without the agent, and it needs no
             # download.
+            self.stats.record_served("registry")
             return self._from_registry(registry, hex_digest, upstream_target, source=None)
 
         if self.cache.load_info(hex_digest) is not None:
             return self._send_cached(hex_digest, digest)
 
         if size < self.min_blob_size or not registry.sidecars:
+            self.stats.record_served("registry")
             return self._from_registry(registry, hex_digest, upstream_target, source="registry")
 
         fetch = self._fetch_once(registry, repository, digest, hex_digest, size, authorization)
@@ -200,6 +157,7 @@ class BlobService:
         except P2PError as exc:
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
 
+        self.stats.record_served("p2p")
         return self._send(hex_digest, digest)
 
     def _stream(self, fetch, registry, repository, digest, hex_digest, upstream_target,
@@ -214,11 +172,12 @@ class BlobService:
                                            authorization, self.timeout)
             stream = BlobStream(self.session, fetch, download, self.cache.data_path(hex_digest),
                                 hex_digest, registry_range, self.stats, started,
-                                self.stream_deadline_bytes)
+                                self.stream_deadline_bytes, repository)
             stream.open()
         except P2PError as exc:
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
 
+        self.stats.record_served("p2p")
         response = Response(stream.body(), direct_passthrough=True,
                             mimetype="application/octet-stream")
         response.call_on_close(stream.close)
@@ -230,7 +189,8 @@ class BlobService:
     def _fall_back(self, registry, repository, digest, hex_digest, upstream_target, exc):
         log.warning("P2P fetch of %s in %s failed, fetching it from %s instead: %s",
                     digest, repository, registry.name, exc)
-        self.stats.record(hex_digest, fallbacks=1, fallback_reason=str(exc))
+        self.stats.record_fallback(hex_digest, repository, exc)
+        self.stats.record_served("fallback")
 
         return self._from_registry(registry, hex_digest, upstream_target, source="fallback")
 
@@ -258,6 +218,8 @@ class BlobService:
             values = {"from_registry": sent}
             if source is not None:
                 values["source"] = source
+            if source == "fallback":
+                values["from_fallback"] = sent
             self.stats.record(hex_digest, **values)
 
         # Range requests return part of the blob, which cannot be checked
@@ -268,6 +230,7 @@ class BlobService:
                             on_body_bytes=count, expected_digest=verify)
 
     def _send_cached(self, hex_digest, digest):
+        self.stats.record_served("cache")
         response = self._send(hex_digest, digest)
         if response.status_code == 200:
             self.stats.record(hex_digest, from_cache=response.content_length)
@@ -337,9 +300,10 @@ class BlobService:
             # Any error on this path, expected or not, becomes a fallback
             # to the registry instead of a failed pull.
             log.exception("download of %s in %s failed unexpectedly", digest, repository)
-            fetch.fail(P2PError(f"{type(exc).__name__}: {exc}"))
+            fetch.fail(P2PError(f"{type(exc).__name__}: {exc}", reason="internal_error"))
         except BaseException as exc:
-            fetch.fail(P2PError(f"download interrupted: {type(exc).__name__}"))
+            fetch.fail(P2PError(f"download interrupted: {type(exc).__name__}",
+                                reason="internal_error"))
             raise
         finally:
             with self._lock:
@@ -348,7 +312,10 @@ class BlobService:
     def _fetch(self, fetch, registry, repository, digest, hex_digest, size, authorization):
         started = time.monotonic()
         raw = self._metainfo(registry, repository, digest, authorization)
-        metainfo = torrent.parse_metainfo(raw, hex_digest, size)
+        try:
+            metainfo = torrent.parse_metainfo(raw, hex_digest, size)
+        except P2PError as exc:
+            raise P2PError(str(exc), reason="invalid_metainfo") from exc
 
         # libtorrent writes straight to the blob's place in the cache. The
         # cache treats a blob as present only once its .info file exists,
@@ -398,7 +365,8 @@ class BlobService:
                 return response.content
             errors.append(f"{sidecar}: HTTP {response.status_code}")
 
-        raise P2PError(f"no sidecar returned a torrent ({'; '.join(errors)})")
+        raise P2PError(f"no sidecar returned a torrent ({'; '.join(errors)})",
+                       reason="no_metainfo")
 
     def _wait(self, download, digest):
         reannounced_at = 0.0
@@ -413,10 +381,11 @@ class BlobService:
                 reannounced_at = time.monotonic()
             if stalled > self.stall_timeout:
                 raise P2PError(f"no download progress for {stalled:.0f} s "
-                               f"({download.total_done} of {download.length} bytes)")
+                               f"({download.total_done} of {download.length} bytes)",
+                               reason="stalled")
 
         if download.error:
-            raise P2PError(f"torrent failed: {download.error}")
+            raise P2PError(f"torrent failed: {download.error}", reason="torrent_error")
 
     def _stall_report(self, info_hash):
         try:
@@ -435,7 +404,8 @@ class BlobService:
         if sha256.hexdigest() != hex_digest:
             log.error("downloaded blob sha256:%s hashes to sha256:%s; discarding it",
                       hex_digest, sha256.hexdigest())
-            raise P2PError(f"downloaded bytes hash to sha256:{sha256.hexdigest()}")
+            raise P2PError(f"downloaded bytes hash to sha256:{sha256.hexdigest()}",
+                           reason="digest_mismatch")
 
     def _discard(self, info_hash, digest):
         try:

@@ -206,17 +206,19 @@ class BlobStream:
     """
 
     def __init__(self, session, fetch, download, data_path, hex_digest, registry_range, stats,
-                 started, deadline_bytes=0):
+                 started, deadline_bytes=0, repository=""):
         """``started`` is the request's start on the ``time.monotonic()`` clock.
 
         ``deadline_bytes`` is how far ahead of the client the pieces get
-        deadlines (p2p.stream_deadline_bytes).
+        deadlines (p2p.stream_deadline_bytes). ``repository`` names the
+        blob's repository in the record of a fallback.
         """
         self.session = session
         self.fetch = fetch
         self.download = download
         self.data_path = data_path
         self.hex_digest = hex_digest
+        self.repository = repository
         self.registry_range = registry_range
         self.stats = stats
         self.started = started
@@ -275,9 +277,9 @@ class BlobStream:
         try:
             yield from self._source
         except P2PError as exc:
-            reason = self._failure(exc)
-            if reason is not None:
-                yield from self._from_registry(reason)
+            error = self._failure(exc)
+            if error is not None:
+                yield from self._from_registry(error)
                 return
             # The download completed after all, so the rest is in the cache.
 
@@ -304,7 +306,8 @@ class BlobStream:
             del self._pending[position]
             if len(data) != self.window.piece_size(position):
                 raise P2PError(f"piece {position} of sha256:{self.hex_digest} was read as "
-                               f"{len(data)} bytes, expected {self.window.piece_size(position)}")
+                               f"{len(data)} bytes, expected {self.window.piece_size(position)}",
+                               reason="piece_read")
 
             if position == self.window.count - 1:
                 self._await_cache()
@@ -319,7 +322,8 @@ class BlobStream:
             except concurrent.futures.TimeoutError:
                 pass
             except concurrent.futures.CancelledError:
-                raise P2PError("piece read cancelled because the stream was closed") from None
+                raise P2PError("piece read cancelled because the stream was closed",
+                               reason="piece_read") from None
 
             if self.fetch.done.done():
                 if self.fetch.done.exception() is not None:
@@ -342,14 +346,14 @@ class BlobStream:
                         self.hex_digest, self.fetch.done.exception())
 
     def _failure(self, exc):
-        """Return why BitTorrent failed this stream, or None if the blob was cached after all."""
+        """Return the P2PError that failed this stream, or None if the blob was cached after all."""
         done, _ = concurrent.futures.wait([self.fetch.done], timeout=FAILURE_SETTLE_SECONDS)
         if not done:
-            return str(exc)
+            return exc
         if self.fetch.done.exception() is None:
             return None
 
-        return str(self.fetch.done.exception())
+        return self.fetch.done.exception()
 
     def _from_cache(self, offset):
         with open(self.data_path, "rb") as blob:
@@ -357,14 +361,13 @@ class BlobStream:
             while chunk := blob.read(FILE_CHUNK):
                 yield chunk
 
-    def _from_registry(self, reason):
+    def _from_registry(self, error):
         offset = self._check.sent
         log.warning("BitTorrent stream of sha256:%s failed after %d of %d bytes; fetching the "
                     "rest from the registry: %s", self.hex_digest, offset, self._check.length,
-                    reason)
+                    error)
         self.close()
-        self.stats.record(self.hex_digest, fallbacks=1, fallback_reason=reason,
-                          source="fallback")
+        self.stats.record_fallback(self.hex_digest, self.repository, error)
 
         received = 0
         try:
@@ -372,4 +375,4 @@ class BlobStream:
                 received += len(chunk)
                 yield chunk
         finally:
-            self.stats.record(self.hex_digest, from_registry=received)
+            self.stats.record(self.hex_digest, from_registry=received, from_fallback=received)

@@ -8,6 +8,7 @@ from flask import Response, jsonify, request
 from registry_p2p import httpclient, storage
 from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import P2PError, RegistryHTTPError, unavailable
+from registry_p2p.metrics import CONTENT_TYPE_LATEST
 from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
 from registry_p2p.sidecar import notifications
@@ -101,6 +102,15 @@ def create_app(config):
         try:
             return jsonify(seeder.call("stats"))
         except P2PError as exc:
+            raise unavailable(str(exc)) from None
+
+    @app.get("/metrics")
+    def metrics():
+        # The seeder keeps the metrics of the whole sidecar (sidecar.metrics).
+        try:
+            return Response(seeder.call("metrics"), content_type=CONTENT_TYPE_LATEST)
+        except P2PError as exc:
+            log.error("metrics request to the seeder failed: %s", exc)
             raise unavailable(str(exc)) from None
 
     @app.get("/healthz")

@@ -18,9 +18,11 @@ from multiprocessing.connection import Listener
 from registry_p2p import config as configuration, logs, tls, torrent
 from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import RegistryP2PError
+from registry_p2p.metrics import exposition, new_registry
 from registry_p2p.session import TorrentSession
 from registry_p2p.tracker import AnnounceError, PeerTable, compact_reply, failure_reply, parse_announce
 from registry_p2p.sidecar import ipc
+from registry_p2p.sidecar.metrics import SeederCollector
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ class Seeder:
             "unseed": self.unseed,
             "count": self.count,
             "stats": self.stats,
+            "metrics": self.metrics,
         }
+        self.metrics_registry = new_registry(SeederCollector(self))
 
     def start(self):
         self.cache.remove_leftovers()
@@ -168,15 +172,23 @@ class Seeder:
         blob_count, cache_bytes = self.cache.usage()
         with self._lock:
             counters = dict(self.counters)
+            digests = {info_hash: hex_digest for hex_digest, info_hash in self.seeded.items()}
+        swarms = self.peers.swarm_sizes()
 
         return {
             **counters,
             **self.session.counters(),
-            "seeded_blobs": len(self.seeded),
+            "seeded_blobs": len(digests),
             "cache_blobs": blob_count,
             "cache_bytes": cache_bytes,
-            "swarms": self.peers.swarm_sizes(),
+            "swarms": swarms,
+            "swarm_digests": {info_hash: f"sha256:{digests[info_hash]}"
+                              for info_hash in swarms if info_hash in digests},
         }
+
+    def metrics(self):
+        """Return the sidecar's metrics in the Prometheus text format (bytes)."""
+        return exposition(self.metrics_registry)[0]
 
     # Socket server
 
