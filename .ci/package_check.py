@@ -203,6 +203,28 @@ def command_check_pull(layout_dir, layers_file, stats_url):
               f"sidecar, {entry['from_peers']} from peers, 0 from the registry, "
               f"{entry.get('seconds')} s")
 
+    _check_metrics(stats_url.replace("/p2p/v1/stats", "/metrics"),
+                   sum(layer["size"] for layer in pushed["layers"]))
+
+
+def _check_metrics(url, layer_bytes):
+    """Check the agent's /metrics, rendered by Debian's prometheus-client, against the layers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with _OPENER.open(url, timeout=10) as response:
+        text = response.read().decode()
+    downloaded = {sample.labels["source"]: sample.value
+                  for family in text_string_to_metric_families(text)
+                  for sample in family.samples
+                  if sample.name == "registry_p2p_downloaded_bytes_total"}
+
+    over_bittorrent = downloaded.get("peer", 0) + downloaded.get("origin", 0)
+    if over_bittorrent != layer_bytes or downloaded.get("fallback", 0) != 0:
+        raise CheckError(f"{url}: registry_p2p_downloaded_bytes_total is {downloaded}, expected "
+                         f"{layer_bytes} layer bytes from peer and origin and 0 from fallback")
+    print(f"  {url}: registry_p2p_downloaded_bytes_total peer + origin = {layer_bytes:.0f}, "
+          f"the layers' sizes; fallback 0")
+
 
 COMMANDS = {
     "unit": command_unit,
