@@ -5,14 +5,17 @@ import logging
 import select
 import socket
 import ssl
+import time
+from http import HTTPStatus
 
 from gunicorn import http as gunicorn_http
 from gunicorn.app.base import BaseApplication
-from gunicorn.http.errors import NoMoreData
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, NoMoreData, ParseException
 from gunicorn.workers.gthread import ThreadWorker
 
 from registry_p2p.agent.connect import format_client
 from registry_p2p.agent.connect_policy import INTERCEPT, TUNNEL
+from registry_p2p.errors import RegistryHTTPError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,11 @@ FIRST_BYTE_WAIT = 1.0
 # Seconds a connection may go without sending or accepting a byte while a
 # thread serves it; a request that takes longer to arrive is dropped.
 SOCKET_TIMEOUT = 60.0
+# How long and how much a connection's unread input is discarded after an
+# error response, so that closing it does not reset it before the client
+# reads the response.
+DISCARD_SECONDS = 1.0
+DISCARD_BYTES = 1024 * 1024
 # The key under which an app's ``extensions`` contains its CONNECT handler
 # (registry_p2p.agent.connect.ConnectHandler).
 CONNECT_EXTENSION = "registry_p2p.connect"
@@ -145,6 +153,25 @@ class PlainHTTPWorker(ThreadWorker):
         log.info("tunnel %s from %s ended after %d requests", target, format_client(conn.client),
                  served)
 
+    def handle_error(self, req, client, addr, exc):
+        """Respond to a request that gunicorn cannot parse in the registry's error format.
+
+        gunicorn's own response is an HTML page, and registry clients expect
+        {"errors": [...]}. Other errors keep gunicorn's handling.
+        """
+        if not isinstance(exc, ParseException):
+            return super().handle_error(req, client, addr, exc)
+
+        error = parse_error(exc)
+        peer = format_client(addr)
+        log.info("rejected a request from %s: %d %s (%s)", peer, error.status, error.message,
+                 error.detail)
+        try:
+            client.sendall(raw_error_response(error))
+            _close_after_response(client)
+        except OSError as send_error:
+            log.debug("cannot send %d to %s: %s", error.status, peer, send_error)
+
     @staticmethod
     def _reject_tls_handshake(conn):
         if not _starts_with_tls_handshake(conn.sock):
@@ -156,6 +183,52 @@ class PlainHTTPWorker(ThreadWorker):
             conn.sock.shutdown(socket.SHUT_RDWR)
         except OSError as exc:
             log.info("cannot reject the TLS handshake from %s: %s", conn.client, exc)
+
+
+def _close_after_response(sock):
+    """Stop sending, then read and discard what the client still sends for a moment.
+
+    Closing a socket with unread input makes the kernel send a reset, and
+    the client may lose the response it has not read yet: the rest of an
+    oversized request line is such input.
+    """
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(DISCARD_SECONDS)
+    deadline = time.monotonic() + DISCARD_SECONDS
+    discarded = 0
+    while discarded < DISCARD_BYTES and time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, OSError):
+            return
+        if not chunk:
+            return
+        discarded += len(chunk)
+
+
+def parse_error(exc):
+    """Return the RegistryHTTPError for a request that gunicorn's parser rejected with ``exc``."""
+    # gunicorn's messages can quote the request line or a header, which may
+    # carry a token, so only the exception's class name goes into the detail.
+    detail = type(exc).__name__
+    if isinstance(exc, LimitRequestHeaders):
+        return RegistryHTTPError(431, "UNSUPPORTED", "request header fields too large",
+                                 detail=detail)
+    if isinstance(exc, LimitRequestLine):
+        return RegistryHTTPError(414, "UNSUPPORTED", "request line too long", detail=detail)
+
+    return RegistryHTTPError(400, "UNSUPPORTED", "malformed HTTP request", detail=detail)
+
+
+def raw_error_response(error):
+    """Return the bytes of a complete HTTP/1.1 response that carries ``error`` and closes."""
+    body = error.body()
+    head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n")
+
+    return head.encode("latin-1") + body
 
 
 def gunicorn_options(listen, workers, threads, log_level, certificate="", key=""):

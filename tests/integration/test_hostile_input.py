@@ -1,5 +1,5 @@
 """Hostile input against a running sidecar and agent: the peer port, the tracker and
-request paths. Each case checks the answer and that the service still serves a pull."""
+request paths. Each case checks the response and that the services still serve a pull."""
 
 import json
 import os
@@ -175,4 +175,48 @@ def test_many_ranges_not_amplified(stack, http, ranges):
 
     assert response.status_code in (200, 206, 416)
     assert len(response.content) <= 2 * size
+    assert _pulls(stack)
+def test_long_header_rejected(stack):
+    for port in (stack.agents[0].port, stack.sidecar.port):
+        status, body = _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
+                                    headers=b"X-Junk: " + b"a" * 100000 + b"\r\n")
+
+        assert status == 431, (port, status, body)
+        assert _error_codes(body) == ["UNSUPPORTED"]
+
+    assert _pulls(stack)
+
+
+def test_many_headers_rejected(stack):
+    headers = b"".join(b"X-H%d: v\r\n" % index for index in range(500))
+    for port in (stack.agents[0].port, stack.sidecar.port):
+        status, body = _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
+                                    headers=headers)
+
+        assert status == 431, (port, status, body)
+        assert _error_codes(body) == ["UNSUPPORTED"]
+
+    assert _pulls(stack)
+
+
+def test_long_request_line_rejected(stack):
+    for port in (stack.agents[0].port, stack.sidecar.port):
+        status, body = _raw_request(port, b"GET /v2/" + b"a" * 10000 + b"/manifests/v1 HTTP/1.1")
+
+        assert status == 414, (port, status, body)
+        assert _error_codes(body) == ["UNSUPPORTED"]
+
+    assert _pulls(stack)
+
+
+def test_malformed_request_line_rejected(stack):
+    for port in (stack.agents[0].port, stack.sidecar.port):
+        status, body = _raw_request(port, b"GET /v2/?token=secret-in-query HTTP/9.9 junk")
+
+        assert status == 400, (port, status, body)
+        assert _error_codes(body) == ["UNSUPPORTED"]
+        assert b"secret-in-query" not in body
+
+    for service in (stack.agents[0], stack.sidecar):
+        assert "secret-in-query" not in (service.workdir / f"{service.name}.log").read_text()
     assert _pulls(stack)
