@@ -4,7 +4,10 @@ Every component is a separate process started here and stopped at the end
 of its scope. A missing binary fails the test with the package to install.
 """
 
+import dataclasses
 import gzip
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import requests
 from registry_p2p.sandbox.image import DirectoryLayer, RandomLayer, build_image
 from registry_p2p.sandbox.p2p import AgentService, SidecarService
 from registry_p2p.sandbox.registry import Registry
+from registry_p2p.sandbox.reliability import RESULTS_ENV, ReliabilityRecord
 
 # About 230 MB of the machine's own files in three layers, plus a random one
 # that does not compress, as an image of a real application would have.
@@ -123,3 +127,24 @@ def make_stack(tmp_path):
     yield make
     for stack in stacks:
         stack.stop()
+
+
+@pytest.fixture
+def reliability(request):
+    """A ReliabilityRecord for this test's case, appended to $REGISTRY_P2P_RELIABILITY at the end.
+
+    The test names its case with ``@pytest.mark.reliability(case, kind)``,
+    kind being "fault" or "attack".
+    """
+    marker = request.node.get_closest_marker("reliability")
+    assert marker is not None, "a test that uses the reliability fixture needs a reliability mark"
+    case, kind = marker.args
+    command = f".venv/bin/python -m pytest '{request.node.nodeid}'"
+    record = ReliabilityRecord(case=case, kind=kind, command=command)
+
+    yield record
+
+    results = os.environ.get(RESULTS_ENV)
+    if results and record.attempts:
+        with open(results, "a") as out:
+            out.write(json.dumps(dataclasses.asdict(record)) + "\n")
