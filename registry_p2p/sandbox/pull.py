@@ -87,3 +87,13 @@ def pull_image(agent_url, registry_name, repository, reference, auth=None, paral
     result.seconds = time.monotonic() - started
 
     return result
+
+
+def pull_on_every_agent(agents, registry_name, repository, reference):
+    """Pull an image through every agent at once; return their PullResults by agent URL."""
+    with ThreadPoolExecutor(max_workers=len(agents)) as pool:
+        futures = {agent.url: pool.submit(pull_image, agent.url, registry_name, repository,
+                                          reference)
+                   for agent in agents}
+
+    return {url: future.result() for url, future in futures.items()}

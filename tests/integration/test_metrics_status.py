@@ -3,7 +3,6 @@
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from registry_p2p.sandbox.image import push_image
 from registry_p2p.sandbox.p2p import python_environment
-from registry_p2p.sandbox.pull import pull_image
+from registry_p2p.sandbox.pull import pull_image, pull_on_every_agent
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +41,6 @@ def value(samples, name, **labels):
 
 def received(samples, source):
     return value(samples, "registry_p2p_downloaded_bytes_total", source=source)
-
-
-def pull_everywhere(stack):
-    results = {}
-
-    def pull(agent):
-        results[agent.url] = pull_image(agent.url, stack.registry.hostport, REPOSITORY, "v1")
-
-    threads = [threading.Thread(target=pull, args=(agent,)) for agent in stack.agents]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-
-    return results
 
 
 def settled_scrapes(http, stack):
@@ -99,7 +83,7 @@ def test_metrics_match_layer_sizes(make_stack, small_image, http):
     stack = make_stack(agent_count=3)
     push_image(small_image, f"{stack.registry.hostport}/{REPOSITORY}:v1")
 
-    results = pull_everywhere(stack)
+    results = pull_on_every_agent(stack.agents, stack.registry.hostport, REPOSITORY, "v1")
 
     for agent in stack.agents:
         assert results[agent.url].complete, results[agent.url]

@@ -3,14 +3,13 @@
 import hashlib
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 
 from registry_p2p.sandbox.image import push_image
 from registry_p2p.sandbox.p2p import AgentService
-from registry_p2p.sandbox.pull import pull_image
+from registry_p2p.sandbox.pull import pull_on_every_agent
 
 pytestmark = pytest.mark.integration
 
@@ -18,21 +17,6 @@ REPOSITORY = "p2p/app"
 PYPI_PYTHON_VARIABLE = "REGISTRY_P2P_PYPI_PYTHON"
 # The registry logs a request only after the response is written.
 LOG_SETTLE_SECONDS = 2.0
-
-
-def _pull_everywhere(stack, reference):
-    results = {}
-
-    def pull(agent):
-        results[agent.url] = pull_image(agent.url, stack.registry.hostport, REPOSITORY, reference)
-
-    threads = [threading.Thread(target=pull, args=(agent,)) for agent in stack.agents]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-
-    return results
 
 
 def _cache_files_are_verified(cache_dir):
@@ -51,7 +35,7 @@ def test_three_agents_share_layers(make_stack, big_image):
     push_image(big_image, f"{stack.registry.hostport}/{REPOSITORY}:v1")
     pushed_bytes = stack.registry.blob_bytes_sent()
 
-    results = _pull_everywhere(stack, "v1")
+    results = pull_on_every_agent(stack.agents, stack.registry.hostport, REPOSITORY, "v1")
 
     for agent in stack.agents:
         result = results[agent.url]
@@ -106,7 +90,7 @@ def test_mixed_libtorrent_versions_share(make_stack, small_image, tmp_path):
         [pypi_python, "-c", "import libtorrent; print(libtorrent.__version__)"],
         capture_output=True, text=True, check=True).stdout.strip()
 
-    results = _pull_everywhere(stack, "v1")
+    results = pull_on_every_agent(stack.agents, stack.registry.hostport, REPOSITORY, "v1")
 
     assert not pypi_version.startswith("2.0."), pypi_version
     for agent in stack.agents:
