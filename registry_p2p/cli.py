@@ -47,6 +47,13 @@ def _agent_ca(args):
         policy = ConnectPolicy(config["registries"], intercept=True)
         names = [registry.name for registry in policy.intercepted_registries()]
         directory = directory or config["proxy.ca_dir"]
+        if not names:
+            # A CA without name constraints could sign for any host, and
+            # this config would never use it.
+            raise ConfigError(f"{config_path} lists no registry with an https url, so the "
+                              f"agent intercepts nothing and needs no CA; add the https "
+                              f"registries first, or run without -c for a CA without name "
+                              f"constraints")
     directory = Path(directory or certificates.DEFAULT_CA_DIR)
 
     hosts = [registry_target(name).host for name in names]
@@ -61,8 +68,6 @@ def _agent_ca(args):
           f"{cert_path}")
     if hosts:
         print(f"name constraints: leaf certificates only for {', '.join(sorted(set(hosts)))}")
-    if config is not None and not names:
-        print(f"{config_path} lists no registry with an https url, so nothing is intercepted")
     print("install the certificate for Docker Engine as:")
     for path in certificates.installed_ca_paths(names or ["<registry host[:port]>"]):
         print(f"  {path}")

@@ -59,3 +59,14 @@ def test_ca_keeps_existing_without_force(tmp_path, capfd):
     assert (tmp_path / "ca.crt").read_bytes() != first
     assert isinstance(x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes()),
                       x509.Certificate)
+
+
+def test_ca_from_config_without_https_registry_rejected(tmp_path, capfd):
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text('[[registries]]\nname = "10.0.0.5:5000"\nurl = "http://10.0.0.5:5000"\n')
+
+    status = cli.main(["agent", "ca", "-c", str(config_path), "--dir", str(tmp_path / "ca")])
+
+    assert status == 2
+    assert "lists no registry with an https url" in capfd.readouterr().err
+    assert not (tmp_path / "ca").exists()
