@@ -128,12 +128,21 @@ class BlobCache:
                                      f"sha256:{hasher.sha256.hexdigest()}")
 
             info = torrent.build_info(hex_digest, expected_size, hasher.pieces())
-            self.commit(hex_digest, tmp, info)
+            self._commit_filled(hex_digest, tmp, info)
         except BaseException:
             _unlink(tmp)
             raise
 
         return info
+
+    def _commit_filled(self, hex_digest, verified_file, info):
+        try:
+            self.commit(hex_digest, verified_file, info)
+        except OSError as exc:
+            # The data may have been moved in before writing its .info failed.
+            _unlink(self.data_path(hex_digest))
+            raise StorageError(f"blob sha256:{hex_digest}: writing to the cache failed: "
+                               f"{exc}") from exc
 
     def commit(self, hex_digest, verified_file, info):
         """Move a verified file into the cache and write its info next to it."""
