@@ -9,6 +9,7 @@ runs (``registry_p2p.agent.stream``).
 
 import concurrent.futures
 import hashlib
+import io
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import requests
 from flask import Response, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
-from werkzeug.wsgi import wrap_file
+from werkzeug.wsgi import ClosingIterator, wrap_file
 
 from registry_p2p import logs, torrent
 from registry_p2p.agent.stats import BlobStats
@@ -177,7 +178,7 @@ class BlobService:
     def _stream(self, fetch, registry, repository, digest, hex_digest, upstream_target,
                 authorization, started):
         """Respond 200 with the blob's bytes as its download delivers them."""
-        leased = False
+        release = None
         try:
             download = fetch.torrent.result()
             if download is None:
@@ -187,9 +188,10 @@ class BlobService:
                                    reason="cache_full")
                 return cached
 
-            # The download holds a reservation, so the blob cannot be being
-            # evicted here, and the lease keeps it cached until the stream ends.
-            leased = self.quota.acquire(hex_digest)
+            # The download's reservation keeps evictions away from the blob
+            # now, and the lease keeps it cached until the stream ends.
+            if self.quota.acquire(hex_digest):
+                release = call_once(self.quota.release, hex_digest)
             registry_range = RegistryRange(self.http, registry.url + upstream_target,
                                            authorization, self.timeout)
             stream = BlobStream(self.session, fetch, download, self.cache.data_path(hex_digest),
@@ -197,20 +199,21 @@ class BlobService:
                                 self.stream_deadline_bytes, repository)
             stream.open()
         except P2PError as exc:
-            if leased:
-                self.quota.release(hex_digest)
+            if release is not None:
+                release()
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
         except BaseException:
-            if leased:
-                self.quota.release(hex_digest)
+            if release is not None:
+                release()
             raise
 
         self.stats.record_served("p2p")
-        response = Response(stream.body(), direct_passthrough=True,
+        # A direct_passthrough body is handed to the server as it is, so the
+        # server's close() of the body, not Response.call_on_close, ends the
+        # stream, even one whose iteration never started.
+        on_close = [stream.close] if release is None else [stream.close, release]
+        response = Response(ClosingIterator(stream.body(), on_close), direct_passthrough=True,
                             mimetype="application/octet-stream")
-        response.call_on_close(stream.close)
-        if leased:
-            response.call_on_close(lambda: self.quota.release(hex_digest))
         response.content_length = download.length
         _set_blob_headers(response, digest)
 
@@ -268,16 +271,16 @@ class BlobService:
         """
         if not self.quota.acquire(hex_digest):
             return None
+        release = call_once(self.quota.release, hex_digest)
         if self.cache.load_info(hex_digest) is None:
-            self.quota.release(hex_digest)
+            release()
             return None
 
         try:
-            response = self._send(hex_digest, digest)
+            response = self._send(hex_digest, digest, release)
         except BaseException:
-            self.quota.release(hex_digest)
+            release()
             raise
-        response.call_on_close(lambda: self.quota.release(hex_digest))
         self.cache.touch(hex_digest)
 
         self.stats.record_served(source)
@@ -286,14 +289,15 @@ class BlobService:
 
         return response
 
-    def _send(self, hex_digest, digest):
+    def _send(self, hex_digest, digest, release):
         """Serve the GET from the cached blob, with the headers the registry sends.
 
         Range, If-None-Match and If-Range are evaluated against the blob's
         ETag, the quoted digest, as the registry does. There is no
-        Last-Modified, because the registry sends none.
+        Last-Modified, because the registry sends none. ``release`` is
+        called once the server closes the response's file.
         """
-        blob = open(self.cache.data_path(hex_digest), "rb")
+        blob = LeasedFile(self.cache.data_path(hex_digest), release)
         size = os.fstat(blob.fileno()).st_size
         response = Response(wrap_file(request.environ, blob), direct_passthrough=True,
                             mimetype="application/octet-stream")
@@ -497,6 +501,41 @@ class BlobService:
             self.session.remove(info_hash, delete_files=True).result(30)
         except (P2PError, concurrent.futures.TimeoutError) as exc:
             log.error("cannot remove torrent %s of %s: %s", info_hash, digest, exc)
+
+
+class LeasedFile(io.FileIO):
+    """A cached blob opened for a response; closing it also calls ``release`` (once).
+
+    It is a real file, so gunicorn still sends it with sendfile().
+    """
+
+    def __init__(self, path, release):
+        self._release = None
+        super().__init__(path, "rb")
+        self._release = release
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+def call_once(function, *args):
+    """Return a callable that calls ``function(*args)`` the first time only."""
+    called = threading.Event()
+    lock = threading.Lock()
+
+    def call():
+        with lock:
+            if called.is_set():
+                return
+            called.set()
+        function(*args)
+
+    return call
 
 
 def _set_blob_headers(response, digest):
