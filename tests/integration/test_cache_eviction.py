@@ -7,6 +7,7 @@ reaches the client.
 """
 
 import hashlib
+import os
 import socket
 import subprocess
 import urllib.request
@@ -19,6 +20,7 @@ from registry_p2p.sandbox.pull import pull_image
 
 pytestmark = pytest.mark.integration
 
+PYPI_PYTHON_VARIABLE = "REGISTRY_P2P_PYPI_PYTHON"
 LAYER_BYTES = 8 * 1024 * 1024
 # A client that does not read keeps a cached blob's response open only when
 # the blob is larger than what the sockets buffer (net.ipv4.tcp_wmem's
@@ -143,8 +145,12 @@ def test_cache_quota_evicts_least_recently_used(make_stack, tmp_path, reliabilit
     assert agent.process.running
 
 
-@pytest.mark.reliability("agent disk full", "fault")
-def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
+def check_agent_disk_full(make_stack, tmp_path, record_pull, python=None):
+    """Pull a layer larger than the agent's tmpfs cache twice, then one that fits.
+
+    ``record_pull(result)`` is called for each pull of the large layer.
+    ``python`` runs the agent, this interpreter by default.
+    """
     tmpfs_bytes = 6 * 1024 * 1024
     big = build_image(tmp_path / "image-big", [RandomLayer(10 * 1024 * 1024, seed=41)])
     small = build_image(tmp_path / "image-small", [RandomLayer(2 * 1024 * 1024, seed=42)])
@@ -157,8 +163,8 @@ def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
 
     # The limit is above the file system's size and the free-space check is
     # off, so the download runs until a write fails with ENOSPC.
-    agent = AgentService(tmp_path / "agent", [entry], cache_max_size=1024 * 1024 * 1024,
-                         cache_min_free_bytes=0)
+    agent = AgentService(tmp_path / "agent", [entry], python=python,
+                         cache_max_size=1024 * 1024 * 1024, cache_min_free_bytes=0)
     agent.cache_dir.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_bytes}", "tmpfs",
                     str(agent.cache_dir)], check=True)
@@ -167,8 +173,7 @@ def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
         layer = big.layers[0].digest
         for attempt in range(2):
             result = pull_image(agent.url, registry_name, "full/big", "v1")
-            reliability.add(completed=result.complete, corrupt_bytes=corrupt_bytes(result),
-                            recover_seconds=result.seconds)
+            record_pull(result)
             assert result.complete, (attempt, result)
             assert corrupt_bytes(result) == 0
             assert agent.process.running
@@ -193,6 +198,24 @@ def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
     finally:
         agent.stop()
         subprocess.run(["umount", str(agent.cache_dir)], check=True)
+
+
+@pytest.mark.reliability("agent disk full", "fault")
+def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
+    def record_pull(result):
+        reliability.add(completed=result.complete, corrupt_bytes=corrupt_bytes(result),
+                        recover_seconds=result.seconds)
+
+    check_agent_disk_full(make_stack, tmp_path, record_pull)
+
+
+def test_agent_disk_full_pypi_libtorrent(make_stack, tmp_path):
+    """Run the disk-full check with the agent on PyPI's libtorrent instead of Debian's."""
+    pypi_python = os.environ.get(PYPI_PYTHON_VARIABLE)
+    assert pypi_python, (f"{PYPI_PYTHON_VARIABLE} must name a python with PyPI's libtorrent, "
+                         f"flask and gunicorn; ./bootstrap test sets it")
+
+    check_agent_disk_full(make_stack, tmp_path, lambda result: None, python=pypi_python)
 
 
 def test_blob_over_free_space_not_downloaded(make_stack, tmp_path):
