@@ -25,6 +25,7 @@ from pathlib import Path
 
 from registry_p2p import torrent
 from registry_p2p.bencode import bdecode, bencode
+from registry_p2p.cache_quota import CachedBlob
 from registry_p2p.errors import DigestMismatch, RegistryP2PError, StorageError
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,7 @@ class BlobCache:
         try:
             with os.fdopen(fd, "wb") as out:
                 _copy(stream, out, hasher, expected_size, hex_digest)
-                out.flush()
-                os.fsync(out.fileno())
+                _flush(out, hex_digest)
 
             if hasher.received != expected_size:
                 raise DigestMismatch(f"blob sha256:{hex_digest}: read {hasher.received} "
@@ -128,12 +128,21 @@ class BlobCache:
                                      f"sha256:{hasher.sha256.hexdigest()}")
 
             info = torrent.build_info(hex_digest, expected_size, hasher.pieces())
-            self.commit(hex_digest, tmp, info)
+            self._commit_filled(hex_digest, tmp, info)
         except BaseException:
             _unlink(tmp)
             raise
 
         return info
+
+    def _commit_filled(self, hex_digest, verified_file, info):
+        try:
+            self.commit(hex_digest, verified_file, info)
+        except OSError as exc:
+            # The data may have been moved in before writing its .info failed.
+            _unlink(self.data_path(hex_digest))
+            raise StorageError(f"blob sha256:{hex_digest}: writing to the cache failed: "
+                               f"{exc}") from exc
 
     def commit(self, hex_digest, verified_file, info):
         """Move a verified file into the cache and write its info next to it."""
@@ -144,14 +153,52 @@ class BlobCache:
     def write_info(self, hex_digest, info):
         """Mark a verified blob already at ``data_path`` as complete."""
         fd, info_tmp = tempfile.mkstemp(prefix=f"{hex_digest}.info.", dir=self.tmp_dir)
-        with os.fdopen(fd, "wb") as out:
-            out.write(bencode(info))
-        os.replace(info_tmp, self.info_path(hex_digest))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(bencode(info))
+            os.replace(info_tmp, self.info_path(hex_digest))
+        except BaseException:
+            _unlink(Path(info_tmp))
+            raise
 
     def remove(self, hex_digest):
         """Delete a blob from the cache (info first, so readers stop trusting the data)."""
         _unlink(self.info_path(hex_digest))
         _unlink(self.data_path(hex_digest))
+
+    def entries(self):
+        """Yield a CachedBlob (size, last use) for every complete blob in the cache."""
+        for hex_digest in self.cached_digests():
+            try:
+                size = self.data_path(hex_digest).stat().st_size
+                last_used = self.info_path(hex_digest).stat().st_mtime
+            except FileNotFoundError:
+                # Removed since it was listed.
+                continue
+            yield CachedBlob(hex_digest, size, last_used)
+
+    def touch(self, hex_digest):
+        """Record that a cached blob was used now, for least recently used eviction.
+
+        The time is the ``.info`` file's modification time, which libtorrent
+        never changes, so the order survives a restart.
+        """
+        try:
+            os.utime(self.info_path(hex_digest))
+        except FileNotFoundError:
+            log.info("blob sha256:%s left the cache before its use was recorded", hex_digest)
+
+    def free_bytes(self):
+        """Return the bytes available to this process on the cache's file system."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def allocated_bytes(self, hex_digest):
+        """Return the disk bytes that a blob's data file takes up so far (0 if it has none)."""
+        try:
+            return self.data_path(hex_digest).stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
 
     def usage(self):
         """Return (blob count, bytes) of the cached blobs."""
@@ -195,7 +242,21 @@ def _copy(stream, out, hasher, expected_size, hex_digest):
         if hasher.received > expected_size:
             raise DigestMismatch(f"blob sha256:{hex_digest}: more than the expected "
                                  f"{expected_size} bytes")
-        out.write(chunk)
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            # ENOSPC (the cache's file system is full) is the usual cause.
+            raise StorageError(f"blob sha256:{hex_digest}: writing to the cache failed after "
+                               f"{hasher.received - len(chunk)} bytes: {exc}") from exc
+
+
+def _flush(out, hex_digest):
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as exc:
+        raise StorageError(f"blob sha256:{hex_digest}: writing to the cache failed: "
+                           f"{exc}") from exc
 
 
 def _unlink(path):

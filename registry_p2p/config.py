@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from registry_p2p.cache_quota import Percentage
 from registry_p2p.errors import ConfigError
 from registry_p2p.secret_file import read_secret_file
 from registry_p2p.tracker import PEER_SELECTIONS
@@ -49,6 +50,23 @@ def positive_int(value):
 def non_negative_int(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("expected an integer >= 0")
+    return value
+
+
+def cache_size(value):
+    """Parse a cache size limit: a byte count, or a percentage string such as "50%"."""
+    if isinstance(value, str) and value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            raise ValueError("expected a number before '%'") from None
+        if not 0 < percent <= 100:
+            raise ValueError("expected a percentage above 0 and at most 100")
+        return Percentage(percent)
+
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a positive number of bytes, or a percentage such as \"50%\"")
+
     return value
 
 
@@ -272,6 +290,17 @@ SIDECAR_OPTIONS = (
            "Announce URLs of the other sidecars' trackers, added to every torrent."),
     Option("cache_dir", path, "/var/cache/registry-p2p/sidecar",
            "Directory of verified blobs, their torrents and the seeder's socket."),
+    Option("cache_max_size", cache_size, "50%",
+           "Largest total size of the cached blobs: a number of bytes, or a "
+           "percentage of the size of the file system that holds cache_dir, "
+           "measured at start. Before a new blob is read from storage, the "
+           "least recently requested blobs are evicted to make room; agents "
+           "fetch a blob that does not fit from the registry."),
+    Option("cache_min_free_bytes", non_negative_int, 1024 * 1024 * 1024,
+           "Bytes to keep free on the file system of cache_dir. Blobs are "
+           "evicted, or a new blob is not cached, when caching it would leave "
+           "less free. 0 turns the check off: a fill that finds the file "
+           "system full then fails, and agents fetch the blob from the registry."),
     Option("cache_sweep_interval", non_negative_int, 3600,
            "Seconds between checks of every cached blob against storage; blobs "
            "that the registry's garbage collection removed are purged. 0 turns "
@@ -394,6 +423,18 @@ AGENT_OPTIONS = (
            "Request threads; each serves one request at a time."),
     Option("cache_dir", path, "/var/cache/registry-p2p/agent",
            "Directory of downloaded blobs, which the agent keeps seeding."),
+    Option("cache_max_size", cache_size, "50%",
+           "Largest total size of the cached blobs: a number of bytes, or a "
+           "percentage of the size of the file system that holds cache_dir, "
+           "measured at start. Before a new blob is downloaded, the least "
+           "recently served blobs are evicted to make room; a blob that does "
+           "not fit is served from the registry without being cached."),
+    Option("cache_min_free_bytes", non_negative_int, 1024 * 1024 * 1024,
+           "Bytes to keep free on the file system of cache_dir, for the images "
+           "that the container runtime unpacks there. Blobs are evicted, or a "
+           "new blob is not cached, when caching it would leave less free. 0 "
+           "turns the check off: a download that fills the file system then "
+           "fails, and the blob is served from the registry."),
     Option("torrent.listen", host_port, "0.0.0.0:6882",
            "Address and port on which the agent accepts BitTorrent peers."),
     TORRENT_SETTINGS_OPTION,

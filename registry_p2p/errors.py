@@ -56,10 +56,11 @@ class P2PError(RegistryP2PError):
 # Why an agent fell back to the registry. No sidecar returned a torrent, or
 # a sidecar returned an invalid one. The download stopped making progress,
 # or libtorrent reported an error. The downloaded bytes failed the sha256
-# check, or a streamed piece could not be read. Last come unexpected errors
-# and anything else.
+# check, or a streamed piece could not be read. The cache could not hold the
+# blob: it was over its limit with nothing left to evict, or its file system
+# was full. Last come unexpected errors and anything else.
 FALLBACK_REASONS = ("no_metainfo", "invalid_metainfo", "stalled", "torrent_error",
-                    "digest_mismatch", "piece_read", "internal_error", "other")
+                    "digest_mismatch", "piece_read", "cache_full", "internal_error", "other")
 
 
 class RegistryHTTPError(RegistryP2PError):

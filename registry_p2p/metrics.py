@@ -99,16 +99,13 @@ def libtorrent_families(stats):
                      value=stats.get(name, 0))
 
 
-def cache_families(blob_count, cache_bytes):
+def cache_families(blob_count, cache_bytes, evictions):
     """Yield the cache's families: verified blobs, their bytes and the evictions."""
     yield gauge(PREFIX + "cache_blobs", "Verified blobs in the cache.", value=blob_count)
     yield gauge(PREFIX + "cache_bytes", "Bytes of the verified blobs in the cache.",
                 value=cache_bytes)
-    # NOTE: the cache has no size limit yet, so nothing evicts blobs and this
-    # counter stays 0. Blobs leave the sidecar's cache only after the registry
-    # deletes them (registry_p2p_purged_blobs_total).
     yield counter(PREFIX + "cache_evictions_total",
-                  "Blobs removed from the cache to free space.", value=0)
+                  "Blobs removed from the cache to free space.", value=evictions)
 
 
 def new_registry(collector):

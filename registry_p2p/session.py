@@ -9,6 +9,7 @@ Runs on libtorrent 2.0.8 (Debian bookworm) and 2.1.x (PyPI).
 """
 
 import concurrent.futures
+import errno
 import logging
 import os
 import queue
@@ -58,6 +59,8 @@ class Download:
     last_progress: float = field(default_factory=time.monotonic)
     finished: threading.Event = field(default_factory=threading.Event)
     error: str = ""
+    # True when a write failed because the file system is full (ENOSPC, EDQUOT).
+    disk_full: bool = False
     piece_length: int = 0
     # Verified block bytes received per peer id prefix (the client's
     # fingerprint), which separates bytes from sidecars' seeders from bytes
@@ -66,6 +69,10 @@ class Download:
 
 
 BLOCK_SIZE = 16 * 1024
+# Error numbers of a torrent_error_alert or file_error_alert that mean the
+# file system is full. Both libtorrent 2.0.8 and 2.1.1 report a write to a
+# full tmpfs as a file_error_alert with ENOSPC.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def block_size(length, piece_length, piece_index, block_index):
@@ -499,6 +506,17 @@ class TorrentSession:
 
         return self.submit(report)
 
+    def torrents(self):
+        """Return a Future of {hex infohash: torrent name} of every torrent in the session.
+
+        A blob's torrent is named after the hex part of its digest.
+        """
+        def list_torrents(session):
+            return {str(handle.info_hash()): handle.status().name
+                    for handle in session.get_torrents()}
+
+        return self.submit(list_torrents)
+
     def listen_port(self):
         """Return a Future of the TCP port that the session accepts peers on."""
         return self.submit(lambda session: session.listen_port())
@@ -671,10 +689,16 @@ class TorrentSession:
 
     def _on_torrent_error(self, alert):
         info_hash = str(alert.handle.info_hash())
-        log.error("torrent %s failed: %s", info_hash, alert.message())
         download = self._downloads.get(info_hash)
+        if download is not None and download.error:
+            # libtorrent posts one alert per failed write; the first one is logged.
+            log.debug("torrent %s failed again: %s", info_hash, alert.message())
+            return
+
+        log.error("torrent %s failed: %s", info_hash, alert.message())
         if download is not None:
             download.error = alert.message()
+            download.disk_full = alert.error.value() in DISK_FULL_ERRNOS
             download.finished.set()
 
     def _on_torrent_removed(self, alert):

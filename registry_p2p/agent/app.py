@@ -54,11 +54,18 @@ def upstream_target(prefixed=False):
     return path + (f"?{urlencode(params)}" if params else "")
 
 
+def _session_torrents(session):
+    """Return {"sha256:<hex>": hex infohash} of the torrents in the libtorrent session."""
+    torrents = session.torrents().result(10)
+
+    return {f"sha256:{name}": info_hash for info_hash, name in sorted(torrents.items())}
+
+
 def create_app(config, upstreams, blobs, session):
     app = create_flask_app("registry-p2p-agent")
     http = blobs.http
     timeout = config["upstream_timeout"]
-    metrics_registry = agent_registry(blobs.stats, session, blobs.cache)
+    metrics_registry = agent_registry(blobs.stats, session, blobs.cache, blobs.quota)
 
     @app.route("/v2/", methods=PROXY_METHODS)
     @app.route("/v2/<path:_rest>", methods=PROXY_METHODS)
@@ -109,7 +116,9 @@ def create_app(config, upstreams, blobs, session):
                         "fallback_reasons": fallback_reasons,
                         "recent_fallbacks": recent_fallbacks,
                         "cache_blobs": cache_blobs,
-                        "cache_bytes": cache_bytes})
+                        "cache_bytes": cache_bytes,
+                        **blobs.quota.state(),
+                        "torrents": _session_torrents(session)})
 
     @app.get("/metrics")
     def metrics():

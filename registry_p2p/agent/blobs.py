@@ -9,6 +9,7 @@ runs (``registry_p2p.agent.stream``).
 
 import concurrent.futures
 import hashlib
+import io
 import logging
 import os
 import re
@@ -20,11 +21,12 @@ import requests
 from flask import Response, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
-from werkzeug.wsgi import wrap_file
+from werkzeug.wsgi import ClosingIterator, wrap_file
 
 from registry_p2p import logs, torrent
 from registry_p2p.agent.stats import BlobStats
 from registry_p2p.agent.stream import BlobStream, RegistryRange
+from registry_p2p.cache_quota import CacheQuota
 from registry_p2p.errors import P2PError
 from registry_p2p.proxy import pass_through
 from registry_p2p.registry_api import head_blob
@@ -107,11 +109,17 @@ class BlobService:
         self.stream = config["p2p.stream"]
         self.stream_deadline_bytes = config["p2p.stream_deadline_bytes"]
         self.stats = BlobStats()
+        self.quota = CacheQuota(cache, config["cache_max_size"], config["cache_min_free_bytes"],
+                                self._evict)
         self._lock = threading.Lock()
         self._inflight = {}
 
     def reseed_cache(self):
-        """Seed every verified blob left in the cache by a previous run."""
+        """Trim the cache to its limits, then seed every verified blob left by a previous run."""
+        log.info("cache limit %d bytes, free-space floor %d bytes", self.quota.max_bytes,
+                 self.quota.min_free_bytes)
+        self.quota.trim()
+
         trackers = self.upstreams.announce_urls()
         if not trackers:
             return
@@ -140,8 +148,9 @@ class BlobService:
             self.stats.record_served("registry")
             return self._from_registry(registry, hex_digest, upstream_target, source=None)
 
-        if self.cache.load_info(hex_digest) is not None:
-            return self._send_cached(hex_digest, digest)
+        cached = self._serve_cached(hex_digest, digest, source="cache")
+        if cached is not None:
+            return cached
 
         if size < self.min_blob_size or not registry.sidecars:
             self.stats.record_served("registry")
@@ -157,17 +166,32 @@ class BlobService:
         except P2PError as exc:
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
 
-        self.stats.record_served("p2p")
-        return self._send(hex_digest, digest)
+        response = self._serve_cached(hex_digest, digest, source="p2p")
+        if response is None:
+            # Another download evicted the blob between its completion and now.
+            return self._fall_back(registry, repository, digest, hex_digest, upstream_target,
+                                   P2PError("the blob was evicted from the cache before it "
+                                            "was served", reason="cache_full"))
+
+        return response
 
     def _stream(self, fetch, registry, repository, digest, hex_digest, upstream_target,
                 authorization, started):
         """Respond 200 with the blob's bytes as its download delivers them."""
+        release = None
         try:
             download = fetch.torrent.result()
             if download is None:
-                return self._send_cached(hex_digest, digest)
+                cached = self._serve_cached(hex_digest, digest, source="cache")
+                if cached is None:
+                    raise P2PError("the blob was evicted from the cache before it was served",
+                                   reason="cache_full")
+                return cached
 
+            # The download's reservation keeps evictions away from the blob
+            # now, and the lease keeps it cached until the stream ends.
+            if self.quota.acquire(hex_digest):
+                release = call_once(self.quota.release, hex_digest)
             registry_range = RegistryRange(self.http, registry.url + upstream_target,
                                            authorization, self.timeout)
             stream = BlobStream(self.session, fetch, download, self.cache.data_path(hex_digest),
@@ -175,12 +199,21 @@ class BlobService:
                                 self.stream_deadline_bytes, repository)
             stream.open()
         except P2PError as exc:
+            if release is not None:
+                release()
             return self._fall_back(registry, repository, digest, hex_digest, upstream_target, exc)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
 
         self.stats.record_served("p2p")
-        response = Response(stream.body(), direct_passthrough=True,
+        # A direct_passthrough body is handed to the server as it is, so the
+        # server's close() of the body, not Response.call_on_close, ends the
+        # stream, even one whose iteration never started.
+        on_close = [stream.close] if release is None else [stream.close, release]
+        response = Response(ClosingIterator(stream.body(), on_close), direct_passthrough=True,
                             mimetype="application/octet-stream")
-        response.call_on_close(stream.close)
         response.content_length = download.length
         _set_blob_headers(response, digest)
 
@@ -229,22 +262,42 @@ class BlobService:
         return pass_through(self.http, registry.url + upstream_target, self.timeout,
                             on_body_bytes=count, expected_digest=verify)
 
-    def _send_cached(self, hex_digest, digest):
-        self.stats.record_served("cache")
-        response = self._send(hex_digest, digest)
-        if response.status_code == 200:
+    def _serve_cached(self, hex_digest, digest, source):
+        """Serve the GET from the cache under a lease; return None if the blob is not cached.
+
+        The lease keeps the blob from being evicted until the response is
+        closed. ``source`` is how the GET is counted: "cache" for a blob
+        cached before the request, "p2p" for one it downloaded.
+        """
+        if not self.quota.acquire(hex_digest):
+            return None
+        release = call_once(self.quota.release, hex_digest)
+        if self.cache.load_info(hex_digest) is None:
+            release()
+            return None
+
+        try:
+            response = self._send(hex_digest, digest, release)
+        except BaseException:
+            release()
+            raise
+        self.cache.touch(hex_digest)
+
+        self.stats.record_served(source)
+        if source == "cache" and response.status_code == 200:
             self.stats.record(hex_digest, from_cache=response.content_length)
 
         return response
 
-    def _send(self, hex_digest, digest):
+    def _send(self, hex_digest, digest, release):
         """Serve the GET from the cached blob, with the headers the registry sends.
 
         Range, If-None-Match and If-Range are evaluated against the blob's
         ETag, the quoted digest, as the registry does. There is no
-        Last-Modified, because the registry sends none.
+        Last-Modified, because the registry sends none. ``release`` is
+        called once the server closes the response's file.
         """
-        blob = open(self.cache.data_path(hex_digest), "rb")
+        blob = LeasedFile(self.cache.data_path(hex_digest), release)
         size = os.fstat(blob.fileno()).st_size
         response = Response(wrap_file(request.environ, blob), direct_passthrough=True,
                             mimetype="application/octet-stream")
@@ -317,12 +370,29 @@ class BlobService:
         except P2PError as exc:
             raise P2PError(str(exc), reason="invalid_metainfo") from exc
 
-        # libtorrent writes straight to the blob's place in the cache. The
-        # cache treats a blob as present only once its .info file exists,
-        # which is written after the sha256 check, and deletes data without
-        # .info at start. (Moving the file after the check with
-        # move_storage crashed libtorrent 2.0.8 when two downloads finished
-        # at once.)
+        # The reservation evicts least recently used blobs to make room, and
+        # keeps other downloads from counting on the same space.
+        if not self.quota.reserve(hex_digest, size):
+            raise P2PError(f"the cache cannot hold {size} more bytes", reason="cache_full")
+        try:
+            self._download(fetch, raw, metainfo, digest, hex_digest, size)
+        finally:
+            self.quota.unreserve(hex_digest)
+
+        seconds = time.monotonic() - started
+        self.stats.record_download(hex_digest, fetch.torrent.result(), source="p2p",
+                                   repository=repository, size=size, seconds=round(seconds, 3))
+        log.info("fetched %s (%d bytes) over BitTorrent in %.2f s", digest, size, seconds)
+
+    def _download(self, fetch, raw, metainfo, digest, hex_digest, size):
+        """Download the torrent into the cache and verify it, or leave no file behind.
+
+        libtorrent writes straight to the blob's place in the cache. The
+        cache treats a blob as present only once its .info file exists,
+        which is written after the sha256 check, and deletes data without
+        .info at start. (Moving the file after the check with move_storage
+        crashed libtorrent 2.0.8 when two downloads finished at once.)
+        """
         save_path = self.cache.save_path(hex_digest)
         save_path.mkdir(parents=True, exist_ok=True)
         self.cache.data_path(hex_digest).unlink(missing_ok=True)
@@ -339,11 +409,6 @@ class BlobService:
                 self._discard(download.info_hash, digest)
             self.cache.data_path(hex_digest).unlink(missing_ok=True)
             raise
-
-        seconds = time.monotonic() - started
-        self.stats.record_download(hex_digest, download, source="p2p", repository=repository,
-                                   size=size, seconds=round(seconds, 3))
-        log.info("fetched %s (%d bytes) over BitTorrent in %.2f s", digest, size, seconds)
 
     def _metainfo(self, registry, repository, digest, authorization):
         headers = {"Authorization": authorization} if authorization else {}
@@ -384,6 +449,9 @@ class BlobService:
                                f"({download.total_done} of {download.length} bytes)",
                                reason="stalled")
 
+        if download.disk_full:
+            raise P2PError(f"the cache's file system is full: {download.error}",
+                           reason="cache_full")
         if download.error:
             raise P2PError(f"torrent failed: {download.error}", reason="torrent_error")
 
@@ -407,11 +475,67 @@ class BlobService:
             raise P2PError(f"downloaded bytes hash to sha256:{sha256.hexdigest()}",
                            reason="digest_mismatch")
 
+    def _evict(self, hex_digest):
+        """Stop seeding a cached blob, then delete it; return whether it is gone.
+
+        The torrent leaves the session first, because libtorrent would
+        otherwise go on reading the deleted file for its peers.
+        """
+        info = self.cache.load_info(hex_digest)
+        if info is not None:
+            info_hash = torrent.info_hash(torrent.build_info(hex_digest, info[b"length"],
+                                                             info[b"pieces"]))
+            try:
+                self.session.remove(info_hash).result(30)
+            except (P2PError, concurrent.futures.TimeoutError) as exc:
+                log.error("cannot evict blob sha256:%s: removing torrent %s failed: %r",
+                          hex_digest, info_hash, exc)
+                return False
+
+        self.cache.remove(hex_digest)
+
+        return True
+
     def _discard(self, info_hash, digest):
         try:
             self.session.remove(info_hash, delete_files=True).result(30)
         except (P2PError, concurrent.futures.TimeoutError) as exc:
             log.error("cannot remove torrent %s of %s: %s", info_hash, digest, exc)
+
+
+class LeasedFile(io.FileIO):
+    """A cached blob opened for a response; closing it also calls ``release`` (once).
+
+    It is a real file, so gunicorn still sends it with sendfile().
+    """
+
+    def __init__(self, path, release):
+        self._release = None
+        super().__init__(path, "rb")
+        self._release = release
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+def call_once(function, *args):
+    """Return a callable that calls ``function(*args)`` the first time only."""
+    called = threading.Event()
+    lock = threading.Lock()
+
+    def call():
+        with lock:
+            if called.is_set():
+                return
+            called.set()
+        function(*args)
+
+    return call
 
 
 def _set_blob_headers(response, digest):

@@ -28,10 +28,11 @@ def downloaded_bytes(totals):
 class AgentCollector:
     """Collects the agent's metrics (a prometheus_client custom collector)."""
 
-    def __init__(self, stats, session, cache):
+    def __init__(self, stats, session, cache, quota):
         self.stats = stats
         self.session = session
         self.cache = cache
+        self.quota = quota
 
     def collect(self):
         totals = self.stats.snapshot()["totals"]
@@ -63,10 +64,10 @@ class AgentCollector:
                     value=self.session.stream_readers())
 
         blob_count, cache_bytes = self.cache.usage()
-        yield from cache_families(blob_count, cache_bytes)
+        yield from cache_families(blob_count, cache_bytes, self.quota.evictions)
         yield from libtorrent_families(self.session.session_stats())
 
 
-def agent_registry(stats, session, cache):
+def agent_registry(stats, session, cache, quota):
     """Return the agent's CollectorRegistry."""
-    return new_registry(AgentCollector(stats, session, cache))
+    return new_registry(AgentCollector(stats, session, cache, quota))

@@ -59,5 +59,6 @@ class SeederCollector:
                     "Live peers on the tracker, summed over its swarms (the seeder included).",
                     value=sum(swarms.values()))
 
-        yield from cache_families(stats["cache_blobs"], stats["cache_bytes"])
+        yield from cache_families(stats["cache_blobs"], stats["cache_bytes"],
+                                  stats["cache_evictions"])
         yield from libtorrent_families(self.seeder.session.session_stats())

@@ -55,6 +55,8 @@ class Origin:
 
         self.seeder.call("seed", hex_digest=hex_digest)
         self.seeder.call("count", name="metainfo_served", value=1)
+        # An agent downloads the blob next, so it becomes the most recently used.
+        self.cache.touch(hex_digest)
 
         return blob_metainfo(self.cache, hex_digest, self.trackers)
 
@@ -130,7 +132,11 @@ class Origin:
             with self.cache.lock(hex_digest, timeout=self.timeout):
                 if self.cache.load_info(hex_digest) is not None:
                     return False
-                self._copy_from_storage(repository, hex_digest, size)
+                self._reserve(hex_digest, size)
+                try:
+                    self._copy_from_storage(repository, hex_digest, size)
+                finally:
+                    self.seeder.call("unreserve", hex_digest=hex_digest)
         except LockTimeout as exc:
             log.warning("gave up waiting for another request's read of sha256:%s: %s",
                         hex_digest, exc)
@@ -143,6 +149,16 @@ class Origin:
                  hex_digest, size, self.driver.name)
 
         return True
+
+    def _reserve(self, hex_digest, size):
+        """Have the seeder make room for a blob in the cache, or raise UNAVAILABLE.
+
+        Agents fall back to the registry for a blob whose torrent they cannot
+        get, so a full cache costs registry traffic, not a failed pull.
+        """
+        if not self.seeder.call("reserve", hex_digest=hex_digest, size=size):
+            raise unavailable(f"blob sha256:{hex_digest} ({size} bytes) does not fit in the "
+                              f"sidecar's cache; see cache_max_size and cache_min_free_bytes")
 
     def _copy_from_storage(self, repository, hex_digest, size):
         """Read a blob from storage into the cache, turning storage failures into registry errors."""

@@ -17,6 +17,7 @@ from multiprocessing.connection import Listener
 
 from registry_p2p import config as configuration, logs, tls, torrent
 from registry_p2p.blobcache import BlobCache
+from registry_p2p.cache_quota import CacheQuota
 from registry_p2p.errors import RegistryP2PError
 from registry_p2p.metrics import exposition, new_registry
 from registry_p2p.session import TorrentSession
@@ -48,6 +49,11 @@ class Seeder:
     def __init__(self, config):
         self.config = config
         self.cache = BlobCache(config["cache_dir"])
+        # NOTE: the seeder leases no blob, because no HTTP client reads the
+        # sidecar's cache. A blob that peers are downloading can be evicted;
+        # metainfo requests mark a blob as used, so it is the last to go.
+        self.quota = CacheQuota(self.cache, config["cache_max_size"],
+                                config["cache_min_free_bytes"], self._evict)
         host, port = config["torrent.listen"]
         self.session = TorrentSession(host, port, role="S",
                                       upload_rate_limit=config["torrent.upload_rate_limit"],
@@ -65,6 +71,8 @@ class Seeder:
             "announce": self.announce,
             "seed": self.seed,
             "unseed": self.unseed,
+            "reserve": self.reserve,
+            "unreserve": self.unreserve,
             "count": self.count,
             "stats": self.stats,
             "metrics": self.metrics,
@@ -75,6 +83,9 @@ class Seeder:
         self.cache.remove_leftovers()
         tls.trust_for_https_trackers([self.config["tracker_ca_bundle"]], self.config["cache_dir"])
         self.session.start()
+        log.info("cache limit %d bytes, free-space floor %d bytes", self.quota.max_bytes,
+                 self.quota.min_free_bytes)
+        self.quota.trim()
         for hex_digest in self.cache.cached_digests():
             try:
                 self.seed(hex_digest)
@@ -164,6 +175,25 @@ class Seeder:
 
             return True
 
+    def reserve(self, hex_digest, size):
+        """Make room in the cache for a blob a worker is about to fill; return whether it fits."""
+        return self.quota.reserve(hex_digest, size)
+
+    def unreserve(self, hex_digest):
+        """End a worker's reservation, once its blob is cached or the fill failed."""
+        self.quota.unreserve(hex_digest)
+
+    def _evict(self, hex_digest):
+        """Stop seeding a blob, then delete it (CacheQuota's eviction); return True.
+
+        The blob's lock waits for a purge of the same blob running in a worker.
+        """
+        with self.cache.lock(hex_digest):
+            self.unseed(hex_digest)
+            self.cache.remove(hex_digest)
+
+        return True
+
     def count(self, name, value):
         with self._lock:
             self.counters[name] += value
@@ -181,6 +211,7 @@ class Seeder:
             "seeded_blobs": len(digests),
             "cache_blobs": blob_count,
             "cache_bytes": cache_bytes,
+            "cache_evictions": self.quota.evictions,
             "swarms": swarms,
             "swarm_digests": {info_hash: f"sha256:{digests[info_hash]}"
                               for info_hash in swarms if info_hash in digests},

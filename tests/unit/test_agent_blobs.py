@@ -2,7 +2,7 @@
 
 import pytest
 
-from registry_p2p.agent.blobs import single_range
+from registry_p2p.agent.blobs import LeasedFile, call_once, single_range
 
 SIZE = 1000
 
@@ -30,3 +30,38 @@ def test_single_range_served_from_cache(header):
 ])
 def test_other_ranges_go_to_registry(header):
     assert not single_range(header, SIZE)
+
+
+# Leases of cached blobs
+
+
+def test_leased_file_releases_once_on_close(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"data")
+    releases = []
+    blob = LeasedFile(path, lambda: releases.append(1))
+
+    assert blob.read() == b"data"
+    blob.close()
+    blob.close()
+
+    assert releases == [1]
+
+
+def test_leased_file_missing_releases_nothing(tmp_path):
+    releases = []
+
+    with pytest.raises(FileNotFoundError):
+        LeasedFile(tmp_path / "missing", lambda: releases.append(1))
+
+    assert releases == []
+
+
+def test_call_once_calls_first_time_only():
+    calls = []
+    call = call_once(calls.append, "released")
+
+    call()
+    call()
+
+    assert calls == ["released"]

@@ -10,6 +10,7 @@ from registry_p2p import metrics, torrent
 from registry_p2p.agent.metrics import AgentCollector
 from registry_p2p.agent.stats import RECENT_FALLBACKS, BlobStats
 from registry_p2p.blobcache import BlobCache
+from registry_p2p.cache_quota import CacheQuota
 from registry_p2p.errors import FALLBACK_REASONS, P2PError
 from registry_p2p.session import SESSION_STATS, Download
 from registry_p2p.sidecar.metrics import SEEDER_COUNTERS, SeederCollector
@@ -83,6 +84,14 @@ def cache(tmp_path):
 
 
 @pytest.fixture
+def quota(cache):
+    quota = CacheQuota(cache, max_bytes=10 * len(BLOB), min_free_bytes=0,
+                       evict=lambda hex_digest: True)
+    quota.evictions = 2
+    return quota
+
+
+@pytest.fixture
 def blob_stats():
     stats = BlobStats()
     download = Download(info_hash="0" * 40, length=3000)
@@ -140,15 +149,15 @@ def test_unconventional_names_fail(name, kind, problem):
     assert problem in metrics.naming_problems(name, kind)
 
 
-def test_agent_family_names(blob_stats, cache):
-    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache)
+def test_agent_family_names(blob_stats, cache, quota):
+    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache, quota)
     for name, kind in family_names(collector):
         assert metrics.naming_problems(name, kind) == [], name
 
 
 def test_seeder_family_names():
     stats = {**dict.fromkeys(COUNTER_NAMES, 0), "uploaded_bytes": 0, "seeded_blobs": 0,
-             "swarms": {}, "cache_blobs": 0, "cache_bytes": 0}
+             "swarms": {}, "cache_blobs": 0, "cache_bytes": 0, "cache_evictions": 0}
     collector = SeederCollector(SeederStandIn(stats, SessionStandIn(libtorrent_values())))
     for name, kind in family_names(collector):
         assert metrics.naming_problems(name, kind) == [], name
@@ -158,8 +167,8 @@ def test_seeder_counters_cover_counter_names():
     assert set(SEEDER_COUNTERS) == set(COUNTER_NAMES)
 
 
-def test_agent_downloaded_bytes_by_source(blob_stats, cache):
-    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache)
+def test_agent_downloaded_bytes_by_source(blob_stats, cache, quota):
+    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache, quota)
     samples, _ = samples_of(exposition_text(collector))
 
     def downloaded(source):
@@ -171,8 +180,8 @@ def test_agent_downloaded_bytes_by_source(blob_stats, cache):
     assert downloaded("fallback") == 700
 
 
-def test_agent_fallbacks_by_reason(blob_stats, cache):
-    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache)
+def test_agent_fallbacks_by_reason(blob_stats, cache, quota):
+    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache, quota)
     samples, _ = samples_of(exposition_text(collector))
 
     for reason in FALLBACK_REASONS:
@@ -180,21 +189,21 @@ def test_agent_fallbacks_by_reason(blob_stats, cache):
         assert samples[("registry_p2p_fallbacks_total", (("reason", reason),))] == expected
 
 
-def test_agent_served_and_cache(blob_stats, cache):
-    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache)
+def test_agent_served_and_cache(blob_stats, cache, quota):
+    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache, quota)
     samples, kinds = samples_of(exposition_text(collector))
 
     assert samples[("registry_p2p_blobs_served_total", (("source", "p2p"),))] == 2
     assert samples[("registry_p2p_blobs_served_total", (("source", "cache"),))] == 1
     assert samples[("registry_p2p_cache_bytes", ())] == len(BLOB)
     assert samples[("registry_p2p_cache_blobs", ())] == 1
-    assert samples[("registry_p2p_cache_evictions_total", ())] == 0
+    assert samples[("registry_p2p_cache_evictions_total", ())] == 2
     assert samples[("registry_p2p_stream_readers", ())] == 2
     assert kinds["registry_p2p_download_duration_seconds"] == "histogram"
 
 
-def test_agent_download_histogram(blob_stats, cache):
-    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache)
+def test_agent_download_histogram(blob_stats, cache, quota):
+    collector = AgentCollector(blob_stats, SessionStandIn(libtorrent_values()), cache, quota)
     samples, _ = samples_of(exposition_text(collector))
 
     assert samples[("registry_p2p_download_duration_seconds_count", ())] == 1
@@ -203,9 +212,9 @@ def test_agent_download_histogram(blob_stats, cache):
     assert samples[("registry_p2p_download_duration_seconds_bucket", (("le", "2.5"),))] == 1
 
 
-def test_agent_libtorrent_values(blob_stats, cache):
+def test_agent_libtorrent_values(blob_stats, cache, quota):
     values = libtorrent_values()
-    collector = AgentCollector(blob_stats, SessionStandIn(values), cache)
+    collector = AgentCollector(blob_stats, SessionStandIn(values), cache, quota)
     samples, _ = samples_of(exposition_text(collector))
 
     for name, (kind, _) in metrics.LIBTORRENT_METRICS.items():
@@ -216,7 +225,7 @@ def test_agent_libtorrent_values(blob_stats, cache):
 def test_seeder_tracker_and_counters():
     stats = {**{name: index + 10 for index, name in enumerate(COUNTER_NAMES)},
              "uploaded_bytes": 5000, "seeded_blobs": 3, "cache_blobs": 3, "cache_bytes": 900,
-             "swarms": {"1" * 40: 4, "2" * 40: 1}}
+             "cache_evictions": 7, "swarms": {"1" * 40: 4, "2" * 40: 1}}
     collector = SeederCollector(SeederStandIn(stats, SessionStandIn(libtorrent_values())))
     samples, _ = samples_of(exposition_text(collector))
 
@@ -225,6 +234,7 @@ def test_seeder_tracker_and_counters():
     assert samples[("registry_p2p_seeded_blobs", ())] == 3
     assert samples[("registry_p2p_uploaded_bytes_total", ())] == 5000
     assert samples[("registry_p2p_cache_bytes", ())] == 900
+    assert samples[("registry_p2p_cache_evictions_total", ())] == 7
     for key, (name, _) in SEEDER_COUNTERS.items():
         assert samples[("registry_p2p_" + name, ())] == stats[key], key
 
