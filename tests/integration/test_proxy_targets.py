@@ -178,6 +178,9 @@ def test_tunnel_mode_refuses_local_targets(start_agent, registry, listener, name
         assert _error_codes(reply) == ["DENIED"], (target, reply)
         assert reason.encode() in reply, (target, reply)
         assert pulled, target
+    # Tunnel mode is about CONNECT only: proxy GETs still need a configured registry.
+    metadata_get = _proxy_get(agent, f"http://{METADATA_V4}/latest/meta-data/", METADATA_V4)
+    assert _status(metadata_get) == 403, metadata_get
     log_text = agent.process.log_path.read_text()
     assert f"rejected CONNECT {METADATA_V4}:{LISTENER_PORT}" in log_text
     assert f"rejected CONNECT [{METADATA_V6}]:{LISTENER_PORT}" in log_text
