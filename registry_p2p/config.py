@@ -458,7 +458,11 @@ AGENT_OPTIONS = (
            "What the agent does with a CONNECT to any other host:port, including a "
            "registry's host on another port: reject (403) or tunnel (relay the "
            "bytes untouched). With tunnel, every client that reaches listen can "
-           "open TLS connections to any host through the agent."),
+           "open TLS connections to any host through the agent, except to "
+           "loopback, link-local (such as the metadata service at 169.254.169.254), "
+           "multicast and other cloud metadata addresses, and to the agent's own "
+           "ports on this host's addresses. Those get 403 and a 'rejected CONNECT' "
+           "log line."),
     Option("proxy.idle_timeout", positive_seconds, 60.0,
            "Seconds a CONNECT tunnel may stay idle before the agent closes it. "
            "Each open tunnel holds one of the agent's threads."),

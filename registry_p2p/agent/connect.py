@@ -13,6 +13,7 @@ closes or stays idle for ``proxy.idle_timeout`` seconds.
 """
 
 import dataclasses
+import errno
 import logging
 import selectors
 import socket
@@ -57,14 +58,32 @@ class ConnectHandler:
         self.connect_timeout = connect_timeout
 
     def decide(self, raw_target):
-        """Return the policy's ConnectDecision for ``raw_target``, under a new request id."""
+        """Return the ConnectDecision for ``raw_target``, under a new request id.
+
+        A TUNNEL decision carries the target's addresses, which the policy
+        has screened; one that cannot be resolved carries none.
+        """
         logs.new_request_id()
 
-        return self.policy.decide(raw_target)
+        return self._decide(raw_target)
+
+    def _decide(self, raw_target):
+        decision = self.policy.decide(raw_target)
+        if decision.action != TUNNEL:
+            return decision
+
+        target = decision.target
+        try:
+            addresses = resolve_addresses(target.host, target.port)
+        except OSError as exc:
+            log.warning("cannot resolve the CONNECT target %s: %s", target, exc)
+            return decision
+
+        return self.policy.screen_tunnel(decision, addresses, is_local_address)
 
     def rejection(self, raw_target, client):
         """Log the rejection of a CONNECT and return its 403 error, for the app to render."""
-        decision = self.policy.decide(raw_target)
+        decision = self._decide(raw_target)
         if decision.action != REJECT:
             # The worker handles every CONNECT it may accept; one that
             # reaches the app came through another server.
@@ -117,8 +136,7 @@ class ConnectHandler:
         client = format_client(client)
         target = decision.target
         try:
-            upstream = socket.create_connection((target.host, target.port),
-                                                timeout=self.connect_timeout)
+            upstream = _connect_first(decision.addresses, target.port, self.connect_timeout)
         except OSError as exc:
             log.warning("cannot open the tunnel from %s to %s: %s", client, target, exc)
             self._send_quietly(client_socket, BAD_GATEWAY, client)
@@ -146,6 +164,49 @@ class ConnectHandler:
             return False
 
         return True
+
+
+def resolve_addresses(host, port):
+    """Return the IP addresses of ``host`` for TCP, in getaddrinfo's order, or raise OSError."""
+    addresses = []
+    for _, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        if sockaddr[0] not in addresses:
+            addresses.append(sockaddr[0])
+
+    return addresses
+
+
+def is_local_address(address):
+    """Return whether ``address`` is an address of this host (a socket can bind to it).
+
+    Only EADDRNOTAVAIL counts as "not local"; any other error counts as
+    local, so that a doubtful address is refused rather than relayed.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return False
+            log.info("cannot tell whether %s is an address of this host: %s", address, exc)
+
+    return True
+
+
+def _connect_first(addresses, port, timeout):
+    """Return a TCP connection to the first of ``addresses`` that accepts one, or raise OSError."""
+    if not addresses:
+        raise OSError("the target's name did not resolve")
+
+    error = None
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout=timeout)
+        except OSError as exc:
+            error = exc
+
+    raise error
 
 
 def _relay(client_socket, upstream, idle_timeout):

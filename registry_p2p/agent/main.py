@@ -23,8 +23,9 @@ _worker_session = []
 def build_connect_handler(config):
     """Return the agent's ConnectHandler; ConfigError if its CA is missing or does not fit."""
     ca_dir = config["proxy.ca_dir"]
+    own_ports = (config["listen"][1], config["torrent.listen"][1])
     policy = ConnectPolicy(config["registries"], intercept=bool(ca_dir),
-                           other_hosts=config["proxy.other_hosts"])
+                           other_hosts=config["proxy.other_hosts"], own_ports=own_ports)
     leaf_contexts = None
     if ca_dir:
         ca = certificates.load_ca(ca_dir)

@@ -42,8 +42,30 @@ class ReliabilityRecord:
             self.recover_seconds.append(round(recover_seconds, 2))
 
 
+def merge_records(records):
+    """Return ``records`` with those of the same case and kind summed into one, in first-run order.
+
+    The tests of a parametrized case each write a record, and the table
+    shows the case once with all their attempts.
+    """
+    merged = {}
+    for record in records:
+        key = (record["case"], record["kind"])
+        if key not in merged:
+            merged[key] = {**record, "recover_seconds": list(record["recover_seconds"])}
+            continue
+
+        total = merged[key]
+        for counter in ("attempts", "completed", "corrupt_bytes"):
+            total[counter] += record[counter]
+        total["recover_seconds"] += record["recover_seconds"]
+
+    return list(merged.values())
+
+
 def render_table(records):
-    """Return the Markdown table of ``records``, faults first, in the order they were run."""
+    """Return the Markdown table of ``records``, one row per case, faults first, in the order they were run."""
+    records = merge_records(records)
     rows = [
         "| Case | Kind | Attempts | Pulls completed | Corrupt bytes served | "
         "Time to recover (s, max) | Reproduce |",

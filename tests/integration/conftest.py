@@ -139,7 +139,9 @@ def reliability(request):
     marker = request.node.get_closest_marker("reliability")
     assert marker is not None, "a test that uses the reliability fixture needs a reliability mark"
     case, kind = marker.args
-    command = f".venv/bin/python -m pytest '{request.node.nodeid}'"
+    # Without the parameters, the command runs every test of a parametrized case.
+    nodeid = request.node.nodeid.partition("[")[0]
+    command = f".venv/bin/python -m pytest '{nodeid}'"
     record = ReliabilityRecord(case=case, kind=kind, command=command)
 
     yield record

@@ -88,11 +88,11 @@ def test_docker_pull_through_tls_interception(tmp_path, small_image):
 
 
 class EchoListener:
-    """A TCP listener on loopback that counts the connections it accepts and echoes their bytes."""
+    """A TCP listener on ``host`` that counts the connections it accepts and echoes their bytes."""
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1"):
         self.accepted = 0
-        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket = socket.create_server((host, 0))
         self.port = self._socket.getsockname()[1]
         self._socket.settimeout(0.2)
         self._running = True
@@ -162,25 +162,29 @@ def test_connect_to_other_host_is_rejected(tmp_path):
 
 
 def test_connect_to_other_host_is_tunnelled_when_configured(tmp_path):
-    listener = EchoListener()
-    agent = _agent_with_unreachable_registry(tmp_path, other_hosts="tunnel")
     payload = b"\x16\x03\x01 bytes the agent must not touch\r\n\r\n" * 100
-    try:
-        conn, head = _send_connect(agent, f"127.0.0.1:{listener.port}")
-        with conn:
-            conn.sendall(payload)
-            echoed = b""
-            while len(echoed) < len(payload):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                echoed += chunk
-    finally:
-        agent.stop()
-        listener.close()
+    # A tunnel never leads to loopback, so the listener is on the root
+    # namespace's end of a veth link, an ordinary address of this host.
+    with NetworkNamespace() as namespace:
+        listener = EchoListener(namespace.host_address)
+        target = f"{namespace.host_address}:{listener.port}"
+        agent = _agent_with_unreachable_registry(tmp_path, other_hosts="tunnel")
+        try:
+            conn, head = _send_connect(agent, target)
+            with conn:
+                conn.sendall(payload)
+                echoed = b""
+                while len(echoed) < len(payload):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    echoed += chunk
+        finally:
+            agent.stop()
+            listener.close()
 
     assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
     assert echoed == payload
     assert listener.accepted == 1
     agent_log = agent.process.log_path.read_text()
-    assert f"tunnelling CONNECT 127.0.0.1:{listener.port} from 127.0.0.1:" in agent_log
+    assert f"tunnelling CONNECT {target} from 127.0.0.1:" in agent_log

@@ -60,6 +60,7 @@ def _send_and_close(port, payload):
             pass
 
 
+@pytest.mark.reliability("Junk on the BitTorrent peer port", "attack")
 @pytest.mark.parametrize("payload", [
     os.urandom(4096),
     HANDSHAKE_HEAD[:11],
@@ -68,11 +69,14 @@ def _send_and_close(port, payload):
     b"\x13" + os.urandom(70000),
 ], ids=["random bytes", "truncated protocol name", "truncated info hash",
         "unknown torrent and huge message", "huge junk after length byte"])
-def test_peer_port_junk_survived(stack, payload):
+def test_peer_port_junk_survived(stack, payload, reliability):
     for service in (stack.agents[0], stack.sidecar):
         _send_and_close(service.torrent_port, payload)
 
-    assert _pulls(stack)
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
+
+    assert pulled
     assert stack.sidecar.process.running
 
 
@@ -101,6 +105,7 @@ def _known_info_hash(stack, http):
     return bytes.fromhex(torrent.info_hash(bdecode(response.content)[b"info"]))
 
 
+@pytest.mark.reliability("Malformed tracker announces", "attack")
 @pytest.mark.parametrize("params", [
     {"numwant": str(10 ** 12)},
     {"numwant": "-5"},
@@ -112,15 +117,17 @@ def _known_info_hash(stack, http):
     {"ip": "169.254.169.254"},
 ], ids=["huge numwant", "negative numwant", "port out of range", "port not a number",
         "unknown event", "negative left", "junk parameters", "forged ip"])
-def test_malformed_announce_survived(stack, http, params):
+def test_malformed_announce_survived(stack, http, params, reliability):
     info_hash = _known_info_hash(stack, http)
 
     response = _announce(http, stack.sidecar, info_hash, **params)
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
     assert response.status_code == 200
     assert response.content.startswith(b"d")
     assert b"169.254.169.254" not in response.content
-    assert _pulls(stack)
+    assert pulled
 
 
 @pytest.mark.parametrize("length", [0, 19, 21, 400])
@@ -131,14 +138,18 @@ def test_bad_info_hash_length_rejected(stack, http, length):
     assert response.content.startswith(b"d14:failure reason")
 
 
-def test_oversized_announce_rejected(stack, http):
+@pytest.mark.reliability("Tracker announce of 20 kB", "attack")
+def test_oversized_announce_rejected(stack, http, reliability):
     response = _announce(http, stack.sidecar, os.urandom(20), key="k" * 20000)
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
     assert response.status_code in (200, 400, 414)
     assert stack.sidecar.process.running
-    assert _pulls(stack)
+    assert pulled
 
 
+@pytest.mark.reliability("Hostile blob paths", "attack")
 @pytest.mark.parametrize("path", [
     b"/v2/../../etc/passwd/blobs/" + UNKNOWN_DIGEST.encode(),
     b"/v2/hostile/%2e%2e/%2e%2e/blobs/" + UNKNOWN_DIGEST.encode(),
@@ -149,74 +160,93 @@ def test_oversized_announce_rejected(stack, http):
     b"/v2/hostile/input/blobs/md5:" + b"a" * 32,
 ], ids=["dot-dot", "encoded dot-dot", "absolute path", "NUL byte", "short digest",
         "other algorithm", "md5 digest"])
-def test_hostile_blob_path_rejected(stack, path):
-    for port in (stack.agents[0].port, stack.sidecar.port):
-        status, body = _raw_request(port, b"GET " + path + b" HTTP/1.1")
+def test_hostile_blob_path_rejected(stack, path, reliability):
+    replies = {port: _raw_request(port, b"GET " + path + b" HTTP/1.1")
+               for port in (stack.agents[0].port, stack.sidecar.port)}
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
+    for port, (status, body) in replies.items():
         assert status in (400, 404), (port, status, body)
         assert set(_error_codes(body)) <= {"NAME_INVALID", "DIGEST_INVALID", "NAME_UNKNOWN",
                                            "BLOB_UNKNOWN"}, body
         assert b"root:" not in body
+    assert pulled
 
-    assert _pulls(stack)
 
-
+@pytest.mark.reliability("Hundreds of ranges in one blob request", "attack")
 @pytest.mark.parametrize("ranges", [
     ",".join(f"{start}-{start}" for start in range(0, 1200, 2)),
     ",".join(["0-"] * 600),
 ], ids=["600 one-byte ranges", "600 whole-blob ranges"])
-def test_many_ranges_not_amplified(stack, http, ranges):
+def test_many_ranges_not_amplified(stack, http, ranges, reliability):
     assert _pulls(stack)
     layer, size = _first_layer(stack, http)
 
     response = http.get(f"{stack.agents[0].url}/v2/{REPOSITORY}/blobs/{layer}",
                         params={"ns": stack.registry.hostport},
                         headers={"Range": f"bytes={ranges}"}, timeout=30)
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
     assert response.status_code in (200, 206, 416)
     assert len(response.content) <= 2 * size
-    assert _pulls(stack)
-def test_long_header_rejected(stack):
-    for port in (stack.agents[0].port, stack.sidecar.port):
-        status, body = _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
-                                    headers=b"X-Junk: " + b"a" * 100000 + b"\r\n")
+    assert pulled
 
+
+@pytest.mark.reliability("Request header of 100 kB", "attack")
+def test_long_header_rejected(stack, reliability):
+    replies = {port: _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
+                                  headers=b"X-Junk: " + b"a" * 100000 + b"\r\n")
+               for port in (stack.agents[0].port, stack.sidecar.port)}
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
+
+    for port, (status, body) in replies.items():
         assert status == 431, (port, status, body)
         assert _error_codes(body) == ["UNSUPPORTED"]
+    assert pulled
 
-    assert _pulls(stack)
 
-
-def test_many_headers_rejected(stack):
+@pytest.mark.reliability("Request with 500 headers", "attack")
+def test_many_headers_rejected(stack, reliability):
     headers = b"".join(b"X-H%d: v\r\n" % index for index in range(500))
-    for port in (stack.agents[0].port, stack.sidecar.port):
-        status, body = _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
-                                    headers=headers)
+    replies = {port: _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
+                                  headers=headers)
+               for port in (stack.agents[0].port, stack.sidecar.port)}
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
+    for port, (status, body) in replies.items():
         assert status == 431, (port, status, body)
         assert _error_codes(body) == ["UNSUPPORTED"]
+    assert pulled
 
-    assert _pulls(stack)
 
+@pytest.mark.reliability("Request line of 10 kB", "attack")
+def test_long_request_line_rejected(stack, reliability):
+    replies = {port: _raw_request(port, b"GET /v2/" + b"a" * 10000 + b"/manifests/v1 HTTP/1.1")
+               for port in (stack.agents[0].port, stack.sidecar.port)}
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
-def test_long_request_line_rejected(stack):
-    for port in (stack.agents[0].port, stack.sidecar.port):
-        status, body = _raw_request(port, b"GET /v2/" + b"a" * 10000 + b"/manifests/v1 HTTP/1.1")
-
+    for port, (status, body) in replies.items():
         assert status == 414, (port, status, body)
         assert _error_codes(body) == ["UNSUPPORTED"]
+    assert pulled
 
-    assert _pulls(stack)
 
+@pytest.mark.reliability("Malformed request line", "attack")
+def test_malformed_request_line_rejected(stack, reliability):
+    replies = {port: _raw_request(port, b"GET /v2/?token=secret-in-query HTTP/9.9 junk")
+               for port in (stack.agents[0].port, stack.sidecar.port)}
+    pulled = _pulls(stack)
+    reliability.add(completed=pulled)
 
-def test_malformed_request_line_rejected(stack):
-    for port in (stack.agents[0].port, stack.sidecar.port):
-        status, body = _raw_request(port, b"GET /v2/?token=secret-in-query HTTP/9.9 junk")
-
+    for port, (status, body) in replies.items():
         assert status == 400, (port, status, body)
         assert _error_codes(body) == ["UNSUPPORTED"]
         assert b"secret-in-query" not in body
-
     for service in (stack.agents[0], stack.sidecar):
         assert "secret-in-query" not in (service.workdir / f"{service.name}.log").read_text()
-    assert _pulls(stack)
+    assert pulled

@@ -1,5 +1,6 @@
 """The registry's notifications preheat pushed layers and purge deleted ones on the sidecar."""
 
+import base64
 import json
 import shutil
 import time
@@ -199,3 +200,48 @@ def test_blob_removed_by_garbage_collection_is_purged(tmp_path, small_image, htt
     for layer in big_layers[1:]:
         kept = layer.digest.split(":", 1)[1]
         assert (sidecar.cache_dir / "blobs" / kept[:2] / kept).exists()
+
+
+# Authorization headers of a client that does not have the secret.
+FORGED_AUTHORIZATIONS = [
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Bearer {SECRET[:-1]}"},
+    {"Authorization": SECRET},
+    {"Authorization": "Basic " + base64.b64encode(f"registry:{SECRET}x".encode()).decode()},
+]
+
+
+@pytest.mark.reliability("Forged delete notifications without the secret", "attack")
+def test_forged_deletes_change_nothing(stack, small_image, http, reliability):
+    registry, sidecar, agents = stack
+    big_layers = _big_layers(small_image)
+    push_image(small_image, f"{registry.hostport}/{REPOSITORY}:v1")
+    before = _wait_for(sidecar, lambda stats: stats["seeded_blobs"] == len(big_layers),
+                       "preheating")
+    # Each event purges a seeded layer when it comes with the secret, as
+    # the last request shows.
+    body = json.dumps({"events": [{"id": f"forged-{index}", "action": "delete", "target": {
+        "mediaType": "application/octet-stream", "digest": layer.digest,
+        "repository": REPOSITORY}} for index, layer in enumerate(big_layers)]})
+
+    statuses = []
+    for index, headers in enumerate(FORGED_AUTHORIZATIONS):
+        statuses.append(_post(http, sidecar, body, **headers).status_code)
+        result = pull_image(agents[index % len(agents)].url, registry.hostport, REPOSITORY, "v1")
+        reliability.add(completed=result.complete)
+        assert result.complete
+    after = sidecar.stats()
+    hex_digests = [layer.digest.split(":", 1)[1] for layer in big_layers]
+    cached = [(sidecar.cache_dir / "blobs" / hex_digest[:2] / hex_digest).exists()
+              for hex_digest in hex_digests]
+    with_secret = _post(http, sidecar, body, Authorization=f"Bearer {SECRET}")
+    purged = _wait_for(sidecar, lambda stats: stats["purged_blobs"] == len(big_layers),
+                       "the purge by the request with the secret")
+
+    assert statuses == [401] * len(FORGED_AUTHORIZATIONS)
+    assert after["purged_blobs"] == before["purged_blobs"] == 0
+    assert after["seeded_blobs"] == before["seeded_blobs"]
+    assert cached == [True] * len(big_layers)
+    assert with_secret.status_code == 200
+    assert purged["seeded_blobs"] == 0

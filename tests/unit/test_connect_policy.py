@@ -6,7 +6,7 @@ import pytest
 
 from registry_p2p.agent.connect_policy import (
     INTERCEPT, REJECT, TUNNEL, ConnectPolicy, ConnectTarget, parse_connect_target,
-    registry_target, rejection)
+    refused_address_reason, registry_target, rejection)
 from registry_p2p.config import Registry
 from registry_p2p.errors import ConfigError
 
@@ -155,3 +155,92 @@ def test_rejection_is_logged_and_denied(policy, caplog):
     assert error.code == "DENIED"
     assert "example.org:443" in error.detail
     assert "rejected CONNECT example.org:443 from 192.0.2.7:40000" in caplog.text
+
+
+@pytest.mark.parametrize("address, words", [
+    ("127.0.0.1", "loopback"),
+    ("127.8.9.10", "loopback"),
+    ("::1", "loopback"),
+    ("169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"),
+    ("fe80::1%eth0", "link-local"),
+    ("fd00:ec2::254", "metadata"),
+    ("100.100.100.200", "metadata"),
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    ("224.0.0.1", "multicast"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("2002:a9fe:a9fe::1", "link-local"),
+    ("64:ff9b::a9fe:a9fe", "link-local"),
+])
+def test_refused_address_reason(address, words):
+    assert words in refused_address_reason(address)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "192.0.2.7", "fd00::5", "2001:db8::1",
+                                     "100.64.0.1", "::ffff:10.0.0.5"])
+def test_ordinary_address_is_not_refused(address):
+    assert refused_address_reason(address) is None
+
+
+@pytest.fixture
+def tunnel_policy():
+    return ConnectPolicy(REGISTRIES, intercept=True, other_hosts=TUNNEL, own_ports=(5080, 6882))
+
+
+def _never_local(_address):
+    return False
+
+
+def test_screened_tunnel_keeps_addresses(tunnel_policy):
+    decision = tunnel_policy.decide("example.org:443")
+
+    screened = tunnel_policy.screen_tunnel(decision, ["192.0.2.7", "2001:db8::7"], _never_local)
+
+    assert screened.action == TUNNEL
+    assert screened.addresses == ("192.0.2.7", "2001:db8::7")
+
+
+@pytest.mark.parametrize("raw, addresses, refused", [
+    ("169.254.169.254:80", ["169.254.169.254"], "169.254.169.254"),
+    ("127.0.0.1:22", ["127.0.0.1"], "127.0.0.1"),
+    ("[fd00:ec2::254]:80", ["fd00:ec2::254"], "fd00:ec2::254"),
+    ("rebound.example.org:443", ["192.0.2.7", "127.0.0.1"], "127.0.0.1"),
+])
+def test_tunnel_to_refused_address_is_rejected(tunnel_policy, raw, addresses, refused):
+    decision = tunnel_policy.screen_tunnel(tunnel_policy.decide(raw), addresses, _never_local)
+
+    assert decision.action == REJECT
+    assert decision.refused_address == refused
+    assert refused in decision.reason
+
+
+def test_tunnel_to_own_port_on_this_host_is_rejected(tunnel_policy):
+    def is_local(address):
+        return address == "10.0.0.9"
+
+    own_port = tunnel_policy.screen_tunnel(tunnel_policy.decide("10.0.0.9:5080"), ["10.0.0.9"],
+                                           is_local)
+    other_port = tunnel_policy.screen_tunnel(tunnel_policy.decide("10.0.0.9:5081"),
+                                             ["10.0.0.9"], is_local)
+    other_host = tunnel_policy.screen_tunnel(tunnel_policy.decide("10.0.0.8:5080"),
+                                             ["10.0.0.8"], is_local)
+
+    assert own_port.action == REJECT
+    assert "agent's own" in own_port.reason
+    assert other_port.action == TUNNEL
+    assert other_host.action == TUNNEL
+
+
+def test_refused_tunnel_rejection_names_the_rule(tunnel_policy, caplog):
+    decision = tunnel_policy.screen_tunnel(tunnel_policy.decide("169.254.169.254:80"),
+                                           ["169.254.169.254"], _never_local)
+
+    with caplog.at_level(logging.WARNING, logger="registry_p2p.agent.connect_policy"):
+        error = rejection(decision, "192.0.2.7:40000")
+
+    assert error.status == 403
+    assert error.code == "DENIED"
+    assert "link-local" in error.detail
+    assert "rejected CONNECT 169.254.169.254:80 from 192.0.2.7:40000" in caplog.text
