@@ -358,6 +358,9 @@ class BlobService:
         The sidecars are asked in the order of the config, and the first
         torrent returned wins.
         """
+        # NOTE: a sidecar that failed is tried first again for the next blob,
+        # so one whose host drops packets delays every metainfo request by
+        # upstream_timeout until it is removed from the config.
         errors = []
         for sidecar in registry.sidecars:
             try:
