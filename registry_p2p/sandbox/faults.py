@@ -68,7 +68,7 @@ class CuttingProxy:
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError as exc:
-                log.warning("cannot connect to %s:%d: %s", *self.target, exc)
+                log.warning("connecting to %s:%d failed: %s", *self.target, exc)
                 _reset(client)
                 continue
             upstream.settimeout(None)
@@ -79,8 +79,8 @@ class CuttingProxy:
         """Copy bytes both ways until either side closes or the target's bytes reach the cut.
 
         One thread serves both directions, so that no other thread is
-        blocked on a socket when it is closed: the kernel sends the reset
-        only once the last user of the socket lets go of it.
+        blocked on a socket when it is closed, because the kernel sends the
+        reset only once no system call uses the socket any more.
         """
         sent = 0
         cut = False
@@ -114,7 +114,7 @@ class CuttingProxy:
             _reset(upstream)
             return
 
-        # The target closed the connection: pass the close on in order.
+        # The target closed the connection, so the client gets an orderly close too.
         for sock in (client, upstream):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
