@@ -34,6 +34,9 @@ from registry_p2p.registry_api import head_blob
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1024 * 1024
+# Seconds between two checks of a download's progress against
+# p2p.stall_timeout, so a stall is detected at most this long after it.
+PROGRESS_CHECK_SECONDS = 1.0
 
 # Headers that distribution 2.8 sends with every blob it serves itself,
 # sent the same way with a blob from the cache.
@@ -364,7 +367,7 @@ class BlobService:
 
     def _fetch(self, fetch, registry, repository, digest, hex_digest, size, authorization):
         started = time.monotonic()
-        raw = self._metainfo(registry, repository, digest, authorization)
+        raw, sidecar = self._metainfo(registry, repository, digest, authorization)
         try:
             metainfo = torrent.parse_metainfo(raw, hex_digest, size)
         except P2PError as exc:
@@ -401,6 +404,10 @@ class BlobService:
             download = self.session.add_download(raw, save_path, size,
                                                  first_piece_first=self.stream).result(30)
             fetch.torrent.set_result(download)
+            others = registry.sidecars[registry.sidecars.index(sidecar) + 1:]
+            if others:
+                self._seed_on_other_sidecars(others, repository, digest, hex_digest, size,
+                                             authorization, download.info_hash)
             self._wait(download, digest)
             self._verify(self.cache.data_path(hex_digest), hex_digest)
             self.cache.write_info(hex_digest, torrent.build_info(hex_digest, size, metainfo.pieces))
@@ -411,13 +418,18 @@ class BlobService:
             raise
 
     def _metainfo(self, registry, repository, digest, authorization):
-        headers = {"Authorization": authorization} if authorization else {}
+        """Return the blob's torrent and the URL of the sidecar that sent it.
+
+        The sidecars are asked in the order of the config, and the first
+        torrent returned wins.
+        """
+        # NOTE: a sidecar that failed is tried first again for the next blob,
+        # so one whose host drops packets delays every metainfo request by
+        # upstream_timeout until it is removed from the config.
         errors = []
         for sidecar in registry.sidecars:
-            url = f"{sidecar}/p2p/v1/{repository}/blobs/{digest}/torrent"
             try:
-                response = self.http.get(url, headers=headers,
-                                         timeout=(self.timeout, self.metainfo_timeout))
+                response = self._request_torrent(sidecar, repository, digest, authorization)
             except requests.RequestException as exc:
                 # The exception's text gives the reason, such as a certificate that
                 # does not chain to the registry's ca_bundle.
@@ -427,15 +439,78 @@ class BlobService:
                 continue
 
             if response.status_code == 200:
-                return response.content
+                return response.content, sidecar
             errors.append(f"{sidecar}: HTTP {response.status_code}")
 
         raise P2PError(f"no sidecar returned a torrent ({'; '.join(errors)})",
                        reason="no_metainfo")
 
+    def _request_torrent(self, sidecar, repository, digest, authorization):
+        headers = {"Authorization": authorization} if authorization else {}
+        url = f"{sidecar}/p2p/v1/{repository}/blobs/{digest}/torrent"
+
+        return self.http.get(url, headers=headers, timeout=(self.timeout, self.metainfo_timeout))
+
+    def _seed_on_other_sidecars(self, sidecars, repository, digest, hex_digest, size,
+                                authorization, info_hash):
+        """Ask ``sidecars`` for the blob's torrent in the background, then announce again.
+
+        A sidecar's tracker accepts announces only for blobs that its own
+        seeder seeds. The torrent from the first sidecar also lists the
+        trackers of its ``trackers`` option, and those reject the agent's
+        announces until their sidecars have been asked for the torrent. After that they can
+        hand out peers and their own seed when the first sidecar fails.
+        """
+        thread = threading.Thread(
+            target=self._request_other_torrents, name=f"sidecars-{hex_digest[:12]}",
+            daemon=True, args=(logs.current_request_id(), sidecars, repository, digest,
+                               hex_digest, size, authorization, info_hash))
+        thread.start()
+
+    def _request_other_torrents(self, request_id, sidecars, repository, digest, hex_digest,
+                                size, authorization, info_hash):
+        logs.new_request_id(request_id)
+        logs.set_blob(repository, digest)
+        seeded = 0
+        for sidecar in sidecars:
+            try:
+                response = self._request_torrent(sidecar, repository, digest, authorization)
+            except requests.RequestException as exc:
+                log.warning("metainfo request for %s in %s to sidecar %s failed; its tracker "
+                            "will reject this node: %s: %s", digest, repository, sidecar,
+                            type(exc).__name__, exc)
+                continue
+
+            if response.status_code != 200:
+                log.warning("sidecar %s returned %d for the torrent of %s in %s; its tracker "
+                            "will reject this node", sidecar, response.status_code, digest,
+                            repository)
+                continue
+
+            try:
+                metainfo = torrent.parse_metainfo(response.content, hex_digest, size)
+            except P2PError as exc:
+                log.error("sidecar %s sent an invalid torrent for %s: %s", sidecar, digest, exc)
+                continue
+            if metainfo.info_hash != info_hash:
+                log.error("sidecar %s sent torrent %s for %s, but the download is torrent %s; "
+                          "do the sidecars run the same registry-p2p version?", sidecar,
+                          metainfo.info_hash, digest, info_hash)
+                continue
+            seeded += 1
+
+        if not seeded:
+            return
+
+        try:
+            self.session.reannounce(info_hash).result(10)
+        except (P2PError, concurrent.futures.TimeoutError) as exc:
+            # A failed download has already removed its torrent.
+            log.info("cannot announce torrent %s of %s again: %s", info_hash, digest, exc)
+
     def _wait(self, download, digest):
         reannounced_at = 0.0
-        while not download.finished.wait(1.0):
+        while not download.finished.wait(PROGRESS_CHECK_SECONDS):
             stalled = time.monotonic() - download.last_progress
             # Halfway to giving up, announce again, because the tracker hands
             # out the origin to a leecher whose left count has not changed.

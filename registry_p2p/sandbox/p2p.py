@@ -54,14 +54,19 @@ def python_environment():
 class _Service:
     name = "service"
 
-    def __init__(self, workdir, host="127.0.0.1", netns=None, python=None):
-        """``python`` is the interpreter to run it with, this one by default."""
+    def __init__(self, workdir, host="127.0.0.1", netns=None, python=None, port=None):
+        """``python`` is the interpreter to run it with, this one by default.
+
+        ``port`` is the HTTP port; None picks a free one. A caller that
+        needs the URL before the service's config is written, such as a
+        sidecar whose ``trackers`` name another one, picks it itself.
+        """
         self.python = python or sys.executable
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.netns = netns
-        self.port = free_port(host, netns)
+        self.port = port or free_port(host, netns)
         self.torrent_port = free_port(host, netns)
         self.config_path = self.workdir / f"{self.name}.toml"
         self.cache_dir = self.workdir / "cache"
@@ -88,6 +93,11 @@ class _Service:
         if self.process is not None:
             self.process.stop(timeout=20)
 
+    def kill(self):
+        """Kill every process of the service with SIGKILL, as a crash or power loss would."""
+        if self.process is not None:
+            self.process.kill()
+
     def stats(self):
         context = None if self.ca_path is None else ssl.create_default_context(
             cafile=str(self.ca_path))
@@ -106,7 +116,7 @@ class SidecarService(_Service):
     name = "sidecar"
 
     def __init__(self, workdir, registry_url, storage_root, host="127.0.0.1", netns=None,
-                 workers=2, storage=None, sections=None, tls=None, **options):
+                 workers=2, storage=None, sections=None, tls=None, port=None, **options):
         """``storage`` ({"s3": {...}}) replaces the filesystem driver at ``storage_root``.
 
         ``tls`` (a sandbox.tls.ServerCertificate) makes the sidecar serve
@@ -117,7 +127,7 @@ class SidecarService(_Service):
         or keys to the service's own tables, such as {"tracker": {"origin_fanout": 4}}.
         ``upload_rate_limit`` is the seeder's torrent.upload_rate_limit in bytes/s.
         """
-        super().__init__(workdir, host, netns)
+        super().__init__(workdir, host, netns, port=port)
         if tls is not None:
             self.ca_path = tls.ca_path
             options = {"tls_certificate": str(tls.certificate_path), "tls_key": str(tls.key_path),

@@ -259,6 +259,23 @@ class ManagedProcess:
         log.info("%s (pid %d) stopped with status %s", self.name, popen.pid, popen.returncode)
         return popen.returncode
 
+    def kill(self) -> int | None:
+        """Send SIGKILL to the whole process group at once, as a crash would, and reap the child.
+
+        Returns the child's exit status, or None if it was never started.
+        """
+        popen = self._popen
+        if popen is None:
+            return None
+
+        if not self._stopped:
+            log.info("killing %s (pid %d) with SIGKILL", self.name, popen.pid)
+            self._signal_group(signal.SIGKILL)
+            popen.wait()
+            self._stopped = True
+
+        return popen.returncode
+
     def __enter__(self) -> "ManagedProcess":
         if self._popen is None:
             self.start()

@@ -175,4 +175,5 @@ class Origin:
         except (DigestMismatch, StorageError) as exc:
             log.error("cannot cache blob sha256:%s from %s storage: %s",
                       hex_digest, self.driver.name, exc)
-            raise unavailable(f"cannot read blob from storage: {exc}") from None
+            raise unavailable(f"cannot read blob sha256:{hex_digest} from storage: "
+                              f"{exc}") from None

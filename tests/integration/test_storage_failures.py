@@ -17,8 +17,10 @@ from swiftclient.client import Connection
 from registry_p2p import config as configuration, layout, storage
 from registry_p2p.blobcache import BlobCache
 from registry_p2p.errors import StorageError
+from registry_p2p.sandbox.faults import CuttingProxy
 from registry_p2p.sandbox.image import RandomLayer, build_image, push_image
-from registry_p2p.sandbox.p2p import SidecarService
+from registry_p2p.sandbox.p2p import AgentService, SidecarService
+from registry_p2p.sandbox.pull import pull_image
 from registry_p2p.sandbox.registry import Registry
 from registry_p2p.sandbox.swift import Swift
 from registry_p2p.storage.swift import driver as swift_driver
@@ -193,6 +195,42 @@ def test_object_deleted_mid_read(stack, tmp_path):
     assert len(segments) == 25
     assert _cache_files(cache.root, hex_digest) == []
     assert cache.load_info(hex_digest) is None
+
+
+@pytest.mark.reliability("storage errors while filling the sidecar cache", "fault")
+def test_pull_completes_when_storage_reads_break(stack, http, tmp_path, reliability):
+    """The sidecar's connections to Swift break mid-object, the registry's do not."""
+    hex_digest = stack.push_layer("fail/cut", 4 * SEGMENT_SIZE + 100, seed=109)
+    # Requests, listings and link files fit below the cut, but a 1 MiB segment does not.
+    with CuttingProxy(stack.swift.host, stack.swift.proxy_port, cut_after=256 * 1024) as proxy:
+        credentials = {**stack.credentials,
+                       "authurl": f"http://{stack.swift.host}:{proxy.port}/auth/v1.0"}
+        sidecar = SidecarService(tmp_path / "sidecar", stack.registry.url, None,
+                                 storage={"swift": credentials})
+        entry = {"name": stack.registry.hostport, "url": stack.registry.url,
+                 "sidecars": [sidecar.url]}
+        agent = AgentService(tmp_path / "agent", [entry])
+        with sidecar, agent:
+            for _ in range(2):
+                result = pull_image(agent.url, stack.registry.hostport, "fail/cut", "v1")
+                corrupt = sum(blob.received for blob in result.blobs
+                              if blob.status == 200 and blob.received == blob.size
+                              and not blob.verified)
+                reliability.add(completed=result.complete, corrupt_bytes=corrupt,
+                                recover_seconds=result.seconds)
+                assert result.complete, result
+                assert corrupt == 0
+
+            stats = agent.stats()
+            response = stack.torrent(http, "fail/cut", hex_digest, sidecar)
+
+    assert proxy.cut_connections > 0
+    _assert_unavailable(response, f"cannot read blob sha256:{hex_digest} from storage",
+                        "Connection reset by peer")
+    assert stats["blobs"][hex_digest]["fallbacks"] == 2
+    assert "no sidecar returned a torrent" in stats["blobs"][hex_digest]["fallback_reason"]
+    assert _cache_files(sidecar.cache_dir, hex_digest) == []
+    assert _cache_files(agent.cache_dir, hex_digest) == []
 
 
 def test_segment_transfer_resumes_at_offset(stack, monkeypatch):
