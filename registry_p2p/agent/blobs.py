@@ -377,8 +377,17 @@ class BlobService:
         # keeps other downloads from counting on the same space.
         if not self.quota.reserve(hex_digest, size):
             raise P2PError(f"the cache cannot hold {size} more bytes", reason="cache_full")
+        # The other sidecars' trackers accept this node only for torrents
+        # that their own seeders have, so they are asked for it too.
+        others = registry.sidecars[registry.sidecars.index(sidecar) + 1:]
+
+        def seed_on_others(download):
+            if others:
+                self._seed_on_other_sidecars(others, repository, digest, hex_digest, size,
+                                             authorization, download.info_hash)
+
         try:
-            self._download(fetch, raw, metainfo, digest, hex_digest, size)
+            self._download(fetch, raw, metainfo, digest, hex_digest, size, seed_on_others)
         finally:
             self.quota.unreserve(hex_digest)
 
@@ -387,8 +396,10 @@ class BlobService:
                                    repository=repository, size=size, seconds=round(seconds, 3))
         log.info("fetched %s (%d bytes) over BitTorrent in %.2f s", digest, size, seconds)
 
-    def _download(self, fetch, raw, metainfo, digest, hex_digest, size):
+    def _download(self, fetch, raw, metainfo, digest, hex_digest, size, on_started):
         """Download the torrent into the cache and verify it, or leave no file behind.
+
+        ``on_started(download)`` is called once libtorrent has the torrent.
 
         libtorrent writes straight to the blob's place in the cache. The
         cache treats a blob as present only once its .info file exists,
@@ -404,10 +415,7 @@ class BlobService:
             download = self.session.add_download(raw, save_path, size,
                                                  first_piece_first=self.stream).result(30)
             fetch.torrent.set_result(download)
-            others = registry.sidecars[registry.sidecars.index(sidecar) + 1:]
-            if others:
-                self._seed_on_other_sidecars(others, repository, digest, hex_digest, size,
-                                             authorization, download.info_hash)
+            on_started(download)
             self._wait(download, digest)
             self._verify(self.cache.data_path(hex_digest), hex_digest)
             self.cache.write_info(hex_digest, torrent.build_info(hex_digest, size, metainfo.pieces))

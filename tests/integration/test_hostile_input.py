@@ -194,44 +194,28 @@ def test_many_ranges_not_amplified(stack, http, ranges, reliability):
     assert pulled
 
 
-@pytest.mark.reliability("Request header of 100 kB", "attack")
-def test_long_header_rejected(stack, reliability):
-    replies = {port: _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
-                                  headers=b"X-Junk: " + b"a" * 100000 + b"\r\n")
+MANIFEST_REQUEST = f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode()
+
+
+@pytest.mark.parametrize("request_line, headers, status", [
+    pytest.param(MANIFEST_REQUEST, b"X-Junk: " + b"a" * 100000 + b"\r\n", 431,
+                 marks=pytest.mark.reliability("Request header of 100 kB", "attack"),
+                 id="long header"),
+    pytest.param(MANIFEST_REQUEST, b"".join(b"X-H%d: v\r\n" % index for index in range(500)),
+                 431, marks=pytest.mark.reliability("Request with 500 headers", "attack"),
+                 id="many headers"),
+    pytest.param(b"GET /v2/" + b"a" * 10000 + b"/manifests/v1 HTTP/1.1", b"", 414,
+                 marks=pytest.mark.reliability("Request line of 10 kB", "attack"),
+                 id="long request line"),
+])
+def test_oversized_request_rejected(stack, reliability, request_line, headers, status):
+    replies = {port: _raw_request(port, request_line, headers=headers)
                for port in (stack.agents[0].port, stack.sidecar.port)}
     pulled = _pulls(stack)
     reliability.add(completed=pulled)
 
-    for port, (status, body) in replies.items():
-        assert status == 431, (port, status, body)
-        assert _error_codes(body) == ["UNSUPPORTED"]
-    assert pulled
-
-
-@pytest.mark.reliability("Request with 500 headers", "attack")
-def test_many_headers_rejected(stack, reliability):
-    headers = b"".join(b"X-H%d: v\r\n" % index for index in range(500))
-    replies = {port: _raw_request(port, f"GET /v2/{REPOSITORY}/manifests/v1 HTTP/1.1".encode(),
-                                  headers=headers)
-               for port in (stack.agents[0].port, stack.sidecar.port)}
-    pulled = _pulls(stack)
-    reliability.add(completed=pulled)
-
-    for port, (status, body) in replies.items():
-        assert status == 431, (port, status, body)
-        assert _error_codes(body) == ["UNSUPPORTED"]
-    assert pulled
-
-
-@pytest.mark.reliability("Request line of 10 kB", "attack")
-def test_long_request_line_rejected(stack, reliability):
-    replies = {port: _raw_request(port, b"GET /v2/" + b"a" * 10000 + b"/manifests/v1 HTTP/1.1")
-               for port in (stack.agents[0].port, stack.sidecar.port)}
-    pulled = _pulls(stack)
-    reliability.add(completed=pulled)
-
-    for port, (status, body) in replies.items():
-        assert status == 414, (port, status, body)
+    for port, (got, body) in replies.items():
+        assert got == status, (port, got, body)
         assert _error_codes(body) == ["UNSUPPORTED"]
     assert pulled
 
