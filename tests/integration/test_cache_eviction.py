@@ -81,7 +81,7 @@ class HeldBlobGet:
         return "sha256:" + hashlib.sha256(self.body).hexdigest(), len(self.body)
 
 
-@pytest.mark.reliability("cache quota: LRU eviction", "fault")
+@pytest.mark.reliability("Cache quota: least recently used blobs evicted", "fault")
 def test_cache_quota_evicts_least_recently_used(make_stack, tmp_path, reliability):
     images = {name: build_image(tmp_path / f"image-{name}", [RandomLayer(LAYER_BYTES, seed=seed)])
               for name, seed in (("a", 31), ("b", 32), ("c", 33))}
@@ -200,7 +200,7 @@ def check_agent_disk_full(make_stack, tmp_path, record_pull, python=None):
         subprocess.run(["umount", str(agent.cache_dir)], check=True)
 
 
-@pytest.mark.reliability("agent disk full", "fault")
+@pytest.mark.reliability("Agent cache disk full", "fault")
 def test_agent_disk_full_serves_layer(make_stack, tmp_path, reliability):
     def record_pull(result):
         reliability.add(completed=result.complete, corrupt_bytes=corrupt_bytes(result),

@@ -248,7 +248,7 @@ def test_agents_join_every_tracker(make_two_hosts, tmp_path_factory, http):
             assert layer.digest in sidecar.stats()["swarm_digests"].values()
 
 
-@pytest.mark.reliability("sidecar killed mid-transfer", "fault")
+@pytest.mark.reliability("Sidecar killed mid-transfer", "fault")
 def test_sidecar_killed_mid_transfer(make_two_hosts, tmp_path_factory, http, reliability):
     # Each seeder sends 512 KiB/s, so the layers take seconds to arrive.
     hosts = make_two_hosts(agent_count=2, sidecar_options={"upload_rate_limit": 512 * 1024},
@@ -275,7 +275,7 @@ def test_sidecar_killed_mid_transfer(make_two_hosts, tmp_path_factory, http, rel
         assert _cache_problems(agent.cache_dir) == []
 
 
-@pytest.mark.reliability("agent killed mid-download and restarted", "fault")
+@pytest.mark.reliability("Agent killed mid-download and restarted", "fault")
 def test_agent_killed_and_restarted(make_stack, tmp_path_factory, http, reliability):
     # 512 KiB/s from the only seeder: a 3 MiB layer takes about 6 s.
     stack = make_stack(agent_count=1, sidecar_options={"upload_rate_limit": 512 * 1024})
@@ -313,7 +313,7 @@ def test_agent_killed_and_restarted(make_stack, tmp_path_factory, http, reliabil
             assert BlobCache(agent.cache_dir).load_info(layer.digest.split(":")[1]) is not None
 
 
-@pytest.mark.reliability("every tracker unreachable", "fault")
+@pytest.mark.reliability("Every tracker unreachable", "fault")
 def test_unreachable_trackers_fall_back(make_stack, tmp_path_factory, http, reliability):
     # Nothing listens on these ports: every announce of every torrent fails.
     closed = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
@@ -368,7 +368,7 @@ def _assert_registry_error(response):
     assert codes == ["UNAVAILABLE"]
 
 
-@pytest.mark.reliability("registry down", "fault")
+@pytest.mark.reliability("Registry down", "fault")
 def test_registry_down_gives_errors(make_stack, tmp_path_factory, http, reliability):
     stack = make_stack(agent_count=1)
     agent = stack.agents[0]

@@ -197,7 +197,7 @@ def test_object_deleted_mid_read(stack, tmp_path):
     assert cache.load_info(hex_digest) is None
 
 
-@pytest.mark.reliability("storage errors while filling the sidecar cache", "fault")
+@pytest.mark.reliability("Storage errors while filling the sidecar cache", "fault")
 def test_pull_completes_when_storage_reads_break(stack, http, tmp_path, reliability):
     """The sidecar's connections to Swift break mid-object, the registry's do not."""
     hex_digest = stack.push_layer("fail/cut", 4 * SEGMENT_SIZE + 100, seed=109)
