@@ -139,8 +139,11 @@ def reliability(request):
     marker = request.node.get_closest_marker("reliability")
     assert marker is not None, "a test that uses the reliability fixture needs a reliability mark"
     case, kind = marker.args
-    # Without the parameters, the command runs every test of a parametrized case.
-    nodeid = request.node.nodeid.partition("[")[0]
+    # A case marked on the test function spans all its parameters, so its
+    # command leaves them out; a case marked on one parameter keeps its id.
+    function_marks = getattr(request.node.function, "pytestmark", [])
+    on_function = any(mark.name == "reliability" for mark in function_marks)
+    nodeid = request.node.nodeid.partition("[")[0] if on_function else request.node.nodeid
     command = f".venv/bin/python -m pytest '{nodeid}'"
     record = ReliabilityRecord(case=case, kind=kind, command=command)
 
