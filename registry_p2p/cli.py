@@ -14,10 +14,18 @@ from registry_p2p.runtimes import command as configure
 log = logging.getLogger(__name__)
 
 
+def check_settings(settings):
+    """Check [torrent.settings] against libtorrent, which only the session module imports."""
+    from registry_p2p import session
+
+    session.check_settings(settings)
+
+
 def _sidecar(args):
     from registry_p2p.sidecar.main import run
 
     config = configuration.load(configuration.SIDECAR_OPTIONS, args.config)
+    check_settings(config["torrent.settings"])
     logs.setup(config["log_level"], "registry-p2p-sidecar")
     run(config)
 
@@ -30,6 +38,7 @@ def _agent(args):
                           "-c /etc/registry-p2p/agent.toml")
 
     config = configuration.load(configuration.AGENT_OPTIONS, args.config)
+    check_settings(config["torrent.settings"])
     logs.setup(config["log_level"], "registry-p2p-agent")
     run(config)
 
@@ -162,6 +171,7 @@ def _check_config(args):
     options = {"sidecar": configuration.SIDECAR_OPTIONS, "agent": configuration.AGENT_OPTIONS}
     process = args.process or configuration.guess_process(args.config)
     config = configuration.load(options[process], args.config)
+    check_settings(config["torrent.settings"])
     if process == "agent":
         from registry_p2p.agent.main import build_connect_handler
 
@@ -185,6 +195,18 @@ def _status(args):
         url = status.url_from_config(args.process, config_path)
 
     print(status.status(args.process, url.rstrip("/"), args.timeout))
+
+
+def _positive_seconds(text):
+    """Parse a command-line duration in seconds that must be more than 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+
+    return seconds
 
 
 def build_parser():
@@ -250,7 +272,7 @@ def build_parser():
                        help="config file whose listen address the process serves on "
                             "(default /etc/registry-p2p/<process>.toml)")
     where.add_argument("--url", help="base URL of the process, such as http://127.0.0.1:5080")
-    status.add_argument("--timeout", type=float, default=10.0,
+    status.add_argument("--timeout", type=_positive_seconds, default=10.0,
                         help="seconds to wait for the process to respond (default 10)")
     status.set_defaults(func=_status)
 

@@ -11,6 +11,7 @@ config file itself.
 """
 
 import os
+import re
 import textwrap
 import tomllib
 from dataclasses import dataclass
@@ -162,8 +163,9 @@ def swift_auth_version(value):
 def libtorrent_settings(value):
     """Parse a [torrent.settings] table: libtorrent settings_pack names mapped to values.
 
-    Names are checked by libtorrent when the session starts; here only the
-    value types, which libtorrent's settings have: integer, boolean, string.
+    Here only the value types that libtorrent's settings have (integer,
+    boolean, string) are checked; session.check_settings() checks each name
+    and its type against libtorrent's own list.
     """
     if not isinstance(value, dict):
         raise ValueError("expected a table of libtorrent setting names and values")
@@ -250,7 +252,8 @@ TORRENT_SETTINGS_OPTION = Option(
     "libtorrent settings_pack values that replace registry-p2p's own, such as "
     "{ connections_limit = 400 }; see libtorrent's reference for the names. "
     "registry-p2p's values are in docs/benchmarks.md with their measured "
-    "effect. An unknown name or a wrong type stops the service at start.")
+    "effect. An unknown name or a wrong type is rejected by check-config and "
+    "at start.")
 
 SIDECAR_OPTIONS = (
     Option("listen", host_port, "0.0.0.0:5050",
@@ -544,6 +547,17 @@ def guess_process(config_path):
                       f"run: registry-p2p check-config sidecar|agent {config_path}")
 
 
+_URL_PASSWORD_RE = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def _without_password(value):
+    """Return ``value`` with the password of any URL in it replaced by ***, for messages."""
+    if isinstance(value, str):
+        return _URL_PASSWORD_RE.sub(r"\1***@", value)
+
+    return value
+
+
 def _known_keys(options):
     """Return the keys a config file may contain: the options and their secret files."""
     return ({option.key for option in options}
@@ -592,7 +606,7 @@ def load(options, config_path=None, text=None):
         try:
             values[option.key] = option.parse(raw)
         except ValueError as exc:
-            shown_value = "(not shown: secret)" if option.secret else repr(raw)
+            shown_value = "(not shown: secret)" if option.secret else repr(_without_password(raw))
             raise ConfigError(f"config file {source}: key {option.key!r} has invalid "
                               f"value {shown_value}: {exc}") from None
 

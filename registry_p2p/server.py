@@ -15,6 +15,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from registry_p2p.agent.connect import format_client
 from registry_p2p.agent.connect_policy import INTERCEPT, TUNNEL
+from registry_p2p import logs
 from registry_p2p.errors import RegistryHTTPError
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,8 @@ class PlainHTTPWorker(ThreadWorker):
         if not isinstance(exc, ParseException):
             return super().handle_error(req, client, addr, exc)
 
+        # The thread's log context still names the last request it served.
+        logs.new_request_id()
         error = parse_error(exc)
         peer = format_client(addr)
         log.info("rejected a request from %s: %d %s (%s)", peer, error.status, error.message,
@@ -250,8 +253,9 @@ def gunicorn_options(listen, workers, threads, log_level, certificate="", key=""
         "graceful_timeout": 10,
         "keepalive": 75,
         "loglevel": log_level,
-        "accesslog": "-",
-        "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(D)sus rid=%({x-request-id}o)s',
+        # The app logs one line per request itself (registry_p2p.webapp),
+        # without query strings, which can carry tokens.
+        "accesslog": None,
         "errorlog": "-",
         "preload_app": False,
     }

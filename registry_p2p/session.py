@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import libtorrent as lt
 
 from registry_p2p import __version__
-from registry_p2p.errors import P2PError
+from registry_p2p.errors import ConfigError, P2PError
 from registry_p2p.piece_deadlines import PieceDeadlines
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,25 @@ def peer_fingerprint(role):
     major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
 
     return f"-R{role}{major}{minor}{patch}0-"[:8]
+
+
+def check_settings(settings):
+    """Raise ConfigError unless every [torrent.settings] entry is a libtorrent setting of its type.
+
+    The session would otherwise stop at start with libtorrent's own error,
+    which does not always name the setting.
+    """
+    defaults = lt.default_settings()
+    for name, value in settings.items():
+        key = f"torrent.settings.{name}"
+        if name not in defaults:
+            raise ConfigError(f"{key}: libtorrent {lt.__version__} has no setting {name!r}; "
+                              f"see libtorrent's settings_pack reference for the names")
+
+        expected = type(defaults[name])
+        if type(value) is not expected:
+            kind = {bool: "true or false", int: "an integer", str: "a string"}[expected]
+            raise ConfigError(f"{key}: expected {kind}, not {value!r}")
 
 
 def _peer(alert):

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED", 416: "RANGE_INVALID"}
 
-# Blob and manifest paths, whose repository and reference go into the log fields.
+# Blob, manifest and torrent paths, whose repository and reference go into the log fields.
 _OBJECT_PATH_RE = re.compile(
-    r"/v2/(?P<repository>.+)/(?:blobs|manifests)/(?P<reference>[^/]+)\Z", re.DOTALL)
+    r"/(?:v2|p2p/v1)/(?P<repository>.+)/(?:blobs|manifests)/(?P<reference>[^/]+)(?:/torrent)?\Z",
+    re.DOTALL)
 
 # Paths that monitoring polls; their successful requests are logged at DEBUG.
 _QUIET_PREFIXES = ("/p2p/v1/stats", "/p2p/v1/status", "/metrics", "/healthz")

@@ -13,7 +13,7 @@ from registry_p2p.proxy import pass_through, raw_target
 from registry_p2p.webapp import create_flask_app
 from registry_p2p.sidecar import notifications
 from registry_p2p.sidecar.announce import AnnounceEndpoint
-from registry_p2p.sidecar.ipc import SeederClient
+from registry_p2p.sidecar.ipc import MONITORING_REPLY_TIMEOUT, SeederClient
 from registry_p2p.sidecar.origin import Origin
 from registry_p2p.sidecar.seeder import tracker_urls
 from registry_p2p.sidecar.sweeper import StorageSweeper
@@ -100,7 +100,7 @@ def create_app(config):
     @app.get("/p2p/v1/stats")
     def stats():
         try:
-            return jsonify(seeder.call("stats"))
+            return jsonify(seeder.call("stats", reply_timeout=MONITORING_REPLY_TIMEOUT))
         except P2PError as exc:
             raise unavailable(str(exc)) from None
 
@@ -108,7 +108,8 @@ def create_app(config):
     def metrics():
         # The seeder keeps the metrics of the whole sidecar (sidecar.metrics).
         try:
-            return Response(seeder.call("metrics"), content_type=CONTENT_TYPE_LATEST)
+            return Response(seeder.call("metrics", reply_timeout=MONITORING_REPLY_TIMEOUT),
+                            content_type=CONTENT_TYPE_LATEST)
         except P2PError as exc:
             log.error("metrics request to the seeder failed: %s", exc)
             raise unavailable(str(exc)) from None
@@ -116,7 +117,7 @@ def create_app(config):
     @app.get("/healthz")
     def healthz():
         try:
-            seeder.call("ping")
+            seeder.call("ping", reply_timeout=MONITORING_REPLY_TIMEOUT)
         except P2PError as exc:
             log.error("health check: %s", exc)
             return jsonify({"status": "unhealthy", "seeder": str(exc)}), 503

@@ -17,8 +17,10 @@ docs/benchmarks.md).
 import logging
 import os
 import secrets
+import socket
+import struct
 import threading
-from multiprocessing.connection import Client
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 
 from registry_p2p.errors import P2PError
 
@@ -75,6 +77,46 @@ def serve_requests(conn, handlers):
             return
 
 
+# Seconds to wait for the seeder's reply. Its requests are quick (the
+# workers read storage themselves), so a longer wait means a hung seeder.
+REPLY_TIMEOUT = 30.0
+# The wait of monitoring requests, which must respond before a scraper's timeout.
+MONITORING_REPLY_TIMEOUT = 5.0
+
+
+def _connect_with_timeout(path, key, reply_timeout):
+    """Open an authenticated connection like multiprocessing's Client, bounded in time.
+
+    Client() waits for the listener's challenge without a time limit, so a
+    hung seeder, whose socket still accepts connections into its backlog,
+    would hold the calling thread.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # A blocking connect() to a Unix socket whose backlog is full waits
+        # for SO_SNDTIMEO, which also bounds later sends. (A socket timeout
+        # would make connect() fail at once with EAGAIN instead.)
+        seconds = int(reply_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", seconds, int((reply_timeout - seconds) * 1e6)))
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(sock.detach())
+
+    try:
+        if not conn.poll(reply_timeout):
+            raise P2PError(f"seeder did not accept the connection within {reply_timeout:g} s")
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+
+    return conn
+
+
 class SeederClient:
     """Sends requests to the seeder, over one kept-open connection per calling thread."""
 
@@ -83,19 +125,22 @@ class SeederClient:
         self._key = None
         self._local = threading.local()
 
-    def call(self, op, **arguments):
+    def call(self, op, reply_timeout=REPLY_TIMEOUT, **arguments):
         """Send one request to the seeder and return its reply; P2PError if it is down.
 
         A kept-open connection that fails is replaced by a new one once. It
         fails when the seeder exited, and a new seeder has none of the old
-        one's state, so repeating the request cannot apply it twice.
+        one's state, so repeating the request cannot apply it twice. A
+        seeder that does not reply within ``reply_timeout`` seconds is
+        treated as down, so that a hung seeder does not hold the worker's
+        threads.
         """
         request = {"op": op, **arguments}
         reply = None
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             try:
-                reply = self._exchange(conn, request)
+                reply = self._exchange(conn, request, reply_timeout)
             except (OSError, EOFError) as exc:
                 # The seeder exited, and a new one has a new key.
                 log.info("seeder connection broke, opening a new one: %s", exc)
@@ -106,17 +151,17 @@ class SeederClient:
                 raise P2PError(f"seeder request {op!r} failed: {exc}") from exc
 
         if reply is None:
-            reply = self._call_on_new_connection(request)
+            reply = self._call_on_new_connection(request, reply_timeout)
 
         if "error" in reply:
             raise P2PError(f"seeder request {op!r} failed: {reply['error']}")
 
         return reply["result"]
 
-    def _call_on_new_connection(self, request):
+    def _call_on_new_connection(self, request, reply_timeout):
         try:
-            conn = self._local.conn = self._connect()
-            return self._exchange(conn, request)
+            conn = self._local.conn = self._connect(reply_timeout)
+            return self._exchange(conn, request, reply_timeout)
         except (OSError, EOFError) as exc:
             # The seeder writes a new key on each start.
             self._key = None
@@ -136,14 +181,19 @@ class SeederClient:
         if conn is not None:
             conn.close()
 
-    def _connect(self):
+    def _connect(self, reply_timeout):
         if self._key is None:
             with open(os.path.join(self.cache_dir, KEY_NAME), "rb") as key_file:
                 self._key = key_file.read()
 
-        return Client(socket_path(self.cache_dir), family="AF_UNIX", authkey=self._key)
+        return _connect_with_timeout(socket_path(self.cache_dir), self._key, reply_timeout)
 
-    @staticmethod
-    def _exchange(conn, request):
+    def _exchange(self, conn, request, reply_timeout):
         conn.send(request)
+        if not conn.poll(reply_timeout):
+            # A late reply would be read as the reply to the next request.
+            self.close()
+            raise P2PError(f"seeder did not reply to {request['op']!r} within "
+                           f"{reply_timeout:g} s")
+
         return conn.recv()

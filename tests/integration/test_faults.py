@@ -8,10 +8,13 @@ the client got against its digest and records the seconds from the fault
 
 import hashlib
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -396,3 +399,38 @@ def test_registry_down_gives_errors(make_stack, tmp_path_factory, http, reliabil
         assert _corrupt_bytes(result) == 0
         manifest = _manifest(http, agent.url, {"ns": name})
         assert manifest.headers["Docker-Content-Digest"] == image.manifest_digest
+
+
+def _seeder_pid(sidecar):
+    """Return the pid of the sidecar's seeder process, a child of its main process."""
+    main_pid = sidecar.process.pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(parent) == main_pid and b"registry_p2p.sidecar.seeder" in command:
+            return int(entry.name)
+
+    raise AssertionError(f"no seeder process under sidecar pid {main_pid}")
+
+
+def test_hung_seeder_gives_503(make_stack, http):
+    stack = make_stack(agent_count=0)
+    seeder = _seeder_pid(stack.sidecar)
+
+    os.kill(seeder, signal.SIGSTOP)
+    try:
+        responses = {path: http.get(f"{stack.sidecar.url}{path}", timeout=60)
+                     for path in ("/metrics", "/p2p/v1/stats", "/healthz")}
+    finally:
+        os.kill(seeder, signal.SIGCONT)
+
+    for path, response in responses.items():
+        assert response.status_code == 503, (path, response.text)
+    assert "within 5 s" in responses["/metrics"].json()["errors"][0]["detail"]
+    assert http.get(f"{stack.sidecar.url}/metrics", timeout=60).status_code == 200

@@ -141,3 +141,32 @@ def test_complete_swift_storage_passes(tmp_path, capfd):
 
     assert check(path, "sidecar") == 0
     assert "valid sidecar configuration" in capfd.readouterr().out
+
+
+def test_url_password_not_shown(tmp_path, capfd):
+    path = tmp_path / "sidecar.toml"
+    path.write_text('registry_url = "ftp://admin:TOPSECRET@registry.example.org"\n')
+
+    assert check(path, "sidecar") != 0
+    error = capfd.readouterr().err
+    assert "TOPSECRET" not in error
+    assert "ftp://admin:***@registry.example.org" in error
+
+
+@pytest.mark.parametrize("process, settings, parts", [
+    ("sidecar", "connections_limt = 5", ["torrent.settings.connections_limt", "no setting"]),
+    ("agent", 'connections_limit = "many"', ["torrent.settings.connections_limit",
+                                            "expected an integer", "'many'"]),
+    ("agent", "enable_dht = 1", ["torrent.settings.enable_dht", "expected true or false"]),
+], ids=["unknown name", "string for integer", "integer for boolean"])
+def test_bad_libtorrent_setting_rejected(tmp_path, capfd, process, settings, parts):
+    path = tmp_path / f"{process}.toml"
+    path.write_text(f"[torrent.settings]\n{settings}\n" + (REGISTRY if process == "agent" else ""))
+
+    status = check(path, process)
+
+    error = capfd.readouterr().err
+    assert status != 0
+    assert "Traceback" not in error
+    for part in parts:
+        assert part in error

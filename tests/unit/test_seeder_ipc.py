@@ -158,3 +158,17 @@ def test_close_drops_thread_connection(tmp_path):
 
     assert seeder.accepted == 2
     seeder.exit()
+
+
+def test_client_times_out_on_hung_seeder(tmp_path):
+    release = threading.Event()
+    seeder = FakeSeeder(tmp_path, {**HANDLERS, "hang": lambda: release.wait(10) and "late"})
+    client = ipc.SeederClient(tmp_path)
+
+    with pytest.raises(P2PError, match="did not reply to 'hang' within 0.2 s"):
+        client.call("hang", reply_timeout=0.2)
+    release.set()
+
+    # The late reply went with the closed connection, not to the next request.
+    assert client.call("add", a=2, b=3) == 5
+    seeder.exit()
