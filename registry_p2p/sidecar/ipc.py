@@ -77,9 +77,11 @@ def serve_requests(conn, handlers):
             return
 
 
-# Seconds to wait for the seeder's reply. Its requests are quick (the
-# workers read storage themselves), so a longer wait means a hung seeder.
-REPLY_TIMEOUT = 30.0
+# Seconds to wait for the seeder's reply. The workers read storage
+# themselves, and the seeder waits at most 30 s for libtorrent per step, so
+# a longer wait means a hung seeder. A reservation can evict several blobs,
+# each a step, hence the margin.
+REPLY_TIMEOUT = 120.0
 # The wait of monitoring requests, which must respond before a scraper's timeout.
 MONITORING_REPLY_TIMEOUT = 5.0
 
