@@ -2,6 +2,7 @@
 
 import logging
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -51,6 +52,26 @@ def clean_environment(remove: tuple[str, ...] = ()) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in dropped}
 
 
+# Ports picked for services lie below the kernel's ephemeral range, from
+# which bind(0) would also pick them: there, the local end of any outgoing
+# connection could take a port between the pick and the service's bind.
+_SERVICE_PORTS = range(20000, 32768)
+
+
+def _free_port_below_ephemeral(host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in random.sample(_SERVICE_PORTS, 200):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+
+    raise SandboxError(f"no free TCP port on {host} in {_SERVICE_PORTS.start}-"
+                       f"{_SERVICE_PORTS.stop - 1} after 200 tries")
+
+
 def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
     """Return a TCP port that is free on `host`, inside network namespace `netns` if given.
 
@@ -58,10 +79,7 @@ def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
     before the caller does.
     """
     if netns is None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return sock.getsockname()[1]
+        return _free_port_below_ephemeral(host)
 
     ip = require_binary("ip", "iproute2")
     result = subprocess.run(
