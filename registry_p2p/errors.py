@@ -53,7 +53,7 @@ class P2PError(RegistryP2PError):
         self.reason = reason
 
 
-# Why an agent fell back to the registry. No sidecar returned a torrent, or
+# Reasons for an agent's fallback to the registry. No sidecar returned a torrent, or
 # a sidecar returned an invalid one. The download stopped making progress,
 # or libtorrent reported an error. The downloaded bytes failed the sha256
 # check, or a streamed piece could not be read. The cache could not hold the

@@ -47,8 +47,8 @@ def create_flask_app(name):
     app = Flask(name)
     app.url_map.converters["path"] = _PathConverter
 
-    # werkzeug would answer "//" in a path with an HTML redirect to the merged
-    # path. validate_api_path() rejects such paths in the registry's format.
+    # werkzeug would respond to "//" in a path with an HTML redirect to the
+    # merged path. validate_api_path() rejects such paths in the registry's format.
     app.url_map.merge_slashes = False
 
     @app.before_request

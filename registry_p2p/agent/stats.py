@@ -19,11 +19,11 @@ SIDECAR_FINGERPRINT = "-RS"
 # BitTorrent failure; from_registry includes them.
 COUNTERS = ("from_sidecars", "from_peers", "from_registry", "from_fallback", "from_cache",
             "fallbacks")
-# How the agent served a blob GET: from a blob cached before the request,
-# after or while downloading it over BitTorrent, straight from the registry
-# without trying BitTorrent (a blob below p2p.min_blob_size, a registry
-# without sidecars, a multi-range request), or from the registry after
-# BitTorrent failed.
+# Sources of a served blob GET: a blob cached before the request, a
+# download over BitTorrent (after or while it runs), the registry without
+# trying BitTorrent, or the registry after BitTorrent failed. The registry
+# is used directly for a blob below p2p.min_blob_size, a registry without
+# sidecars and a multi-range request.
 SERVED_SOURCES = ("cache", "p2p", "registry", "fallback")
 # The agent keeps this many fallbacks for `registry-p2p status`.
 RECENT_FALLBACKS = 20

@@ -55,8 +55,8 @@ class Torrent:
 class HostilePeer:
     """A listening peer that serves random bytes as every piece of its torrents.
 
-    ``requests_answered`` and ``bytes_sent`` count the block requests it
-    answered and the random payload bytes it sent.
+    ``requests_answered`` counts the block requests it served, and
+    ``bytes_sent`` the random payload bytes it sent.
     """
 
     def __init__(self, torrents, host="127.0.0.1"):

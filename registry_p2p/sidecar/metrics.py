@@ -4,7 +4,7 @@ The sidecar runs several gunicorn workers plus one seeder process, and
 the seeder keeps every count: the workers already send theirs to it over
 IPC (``count`` requests), and it owns the tracker's peer table, the
 libtorrent session and the cache. So the seeder alone has a metrics
-registry, and a worker answers GET /metrics with the text that the
+registry, and a worker responds to GET /metrics with the text that the
 seeder's ``metrics`` request returns. This avoids prometheus_client's
 multiprocess mode, whose per-worker files would need cleaning when
 workers restart, and every worker's scrape returns the same numbers.

@@ -140,7 +140,7 @@ def reliability(request):
     assert marker is not None, "a test that uses the reliability fixture needs a reliability mark"
     case, kind = marker.args
     # A case marked on the test function spans all its parameters, so its
-    # command leaves them out; a case marked on one parameter keeps its id.
+    # command leaves them out. A case marked on one parameter keeps its id.
     function_marks = getattr(request.node.function, "pytestmark", [])
     on_function = any(mark.name == "reliability" for mark in function_marks)
     nodeid = request.node.nodeid.partition("[")[0] if on_function else request.node.nodeid

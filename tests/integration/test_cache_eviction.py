@@ -1,7 +1,7 @@
 """Cache limits and full cache file systems, with a real registry, sidecar and agent.
 
 The least recently used blob is evicted when a new layer would go over
-cache_max_size, a blob that a client is being served stays, and a layer
+cache_max_size, and a blob that a client is being served stays. A layer
 that does not fit on the agent's or the sidecar's cache file system still
 reaches the client.
 """

@@ -103,7 +103,7 @@ def test_example_loads_to_defaults(options):
             assert loaded[option.key] == defaults[option.key], option.key
 
 
-def test_example_registry_is_the_default_sidecar_on_this_host():
+def test_example_registry_is_local_sidecar():
     agent = load_agent(config.example_config(AGENT_OPTIONS, "agent example"))
     sidecar = config.load(SIDECAR_OPTIONS)
 

@@ -216,7 +216,7 @@ def test_tunnel_to_refused_address_is_rejected(tunnel_policy, raw, addresses, re
     assert refused in decision.reason
 
 
-def test_tunnel_to_own_port_on_this_host_is_rejected(tunnel_policy):
+def test_tunnel_own_port_rejected(tunnel_policy):
     def is_local(address):
         return address == "10.0.0.9"
 
